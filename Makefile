@@ -1,0 +1,53 @@
+# mcpx: `make run` serves, `make test` tests; each does all of its own set-up on a fresh Debian host.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+IMAGE ?= mcpx-sandbox:latest
+BASE ?=
+HOST ?= 127.0.0.1
+PORT ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: help setup venv host image run test bench lint clean
+
+help: ## Show the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed ## Create the virtualenv with the project and its dev tools
+
+host: ## Install and start Docker with gVisor (runsc) when missing
+	bash sandbox-image/host-setup.sh
+
+image: host ## Build the sandbox image when missing or stale (BASE=... to use a registry base)
+	IMAGE=$(IMAGE) BASE=$(BASE) bash sandbox-image/build.sh --if-missing
+
+setup: venv image ## Everything `run` and `test` need
+
+run: setup ## Serve the API on $(HOST):$(PORT)
+	@echo "mcpx: try  curl -s -X POST http://$(HOST):$(PORT)/v1/sessions   then"
+	@echo "       curl -s -X POST http://$(HOST):$(PORT)/v1/sessions/ID/executions -H 'content-type: application/json' -d '{\"code\": \"print(6*7)\"}'"
+	MCPX_IMAGE=$(IMAGE) $(BIN)/mcpx serve --host $(HOST) --port $(PORT)
+
+test: setup ## Run the test suite against the real engine and image
+	MCPX_TEST_IMAGE=$(IMAGE) $(BIN)/pytest $(PYTEST_ARGS)
+
+bench: setup ## Benchmarks: a table on stdout, JSON in .bench/
+	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/sessions.py --out .bench/sessions.json
+
+lint: venv ## ruff and strict mypy
+	$(BIN)/ruff check controller sandbox-image/mcpx_runtime tests
+	$(BIN)/ruff format --check controller sandbox-image/mcpx_runtime tests
+	$(BIN)/mypy
+
+clean: ## Remove the venv, caches and this host's mcpx containers
+	-docker ps -aq --filter label=mcpx.controller | xargs -r docker rm -f
+	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache

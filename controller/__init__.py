@@ -1,0 +1,1 @@
+"""mcpx: run AI-agent code next to MCP tools, in hardened sandboxes."""

@@ -1,0 +1,282 @@
+"""The container backend: one hardened sandbox container per session, created through the Docker SDK.
+
+`container_kwargs` (spec -> Docker arguments) and `hardening_violations` (inspect -> what is missing) are pure;
+`DockerBackend` is the thin I/O shell around them. docker-py is synchronous, so every call runs in a thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import anyio.to_thread
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import Mount, Ulimit
+
+from controller.errors import GVisorRequired, HardeningViolation, RuntimeUnavailable, SandboxError
+
+SANDBOX_USER = "65532:65532"
+SOCKET_MOUNT = "/run/mcpx"
+WORKSPACE_MOUNT = "/workspace"
+TOOLS_MOUNT = "/tools"
+# gVisor's own host threads count against the cgroup pids limit, so under runsc the cgroup limit is only a
+# backstop and the guest's process count is capped by an nproc ulimit that the guest kernel enforces.
+GVISOR_PIDS_BACKSTOP = 4096
+LABEL_SESSION = "mcpx.session"
+LABEL_CONTROLLER = "mcpx.controller"
+LABEL_CREATED = "mcpx.created"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything that decides how one session's container is created."""
+
+    session_id: str
+    controller_id: str
+    image: str
+    runtime: str
+    memory_mb: int
+    cpus: float
+    pids_limit: int
+    tmp_size_mb: int
+    socket_dir: Path
+    workspace_dir: Path
+    created: datetime
+    tools_dir: Path | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"mcpx-{self.controller_id}-{self.session_id}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_SESSION: self.session_id,
+            LABEL_CONTROLLER: self.controller_id,
+            LABEL_CREATED: self.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    @property
+    def binds(self) -> dict[str, tuple[str, bool]]:
+        """Container path -> (host path, read-only): the only host paths a sandbox sees."""
+        binds = {SOCKET_MOUNT: (str(self.socket_dir), True), WORKSPACE_MOUNT: (str(self.workspace_dir), False)}
+        if self.tools_dir is not None:
+            binds[TOOLS_MOUNT] = (str(self.tools_dir), True)
+        return binds
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """What the engine says about a sandbox container."""
+
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+
+
+class SandboxBackend(Protocol):
+    """The seam where a Kubernetes backend can replace Docker."""
+
+    async def runtimes(self) -> set[str]: ...
+
+    async def start(self, spec: SandboxSpec) -> str: ...
+
+    async def state(self, container_id: str) -> SandboxState | None: ...
+
+    async def logs(self, container_id: str) -> str: ...
+
+    async def remove(self, container_id: str) -> None: ...
+
+    async def remove_owned(self, controller_id: str) -> list[str]: ...
+
+    async def ready(self, image: str) -> bool: ...
+
+
+def container_kwargs(spec: SandboxSpec) -> dict[str, Any]:
+    """The Docker `containers.create` arguments of a hardened sandbox (DESIGN.md section 3)."""
+    gvisor = spec.runtime == "runsc"
+    memory = spec.memory_mb * 1024 * 1024
+    return {
+        "image": spec.image,
+        "name": spec.name,
+        "hostname": "sandbox",
+        "labels": spec.labels,
+        "runtime": spec.runtime,
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size_mb}m,mode=1777"},
+        "mounts": [
+            Mount(target=target, source=source, type="bind", read_only=read_only)
+            for target, (source, read_only) in spec.binds.items()
+        ],
+        "user": SANDBOX_USER,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": GVISOR_PIDS_BACKSTOP if gvisor else spec.pids_limit,
+        "ulimits": [Ulimit(name="nproc", soft=spec.pids_limit, hard=spec.pids_limit)] if gvisor else [],
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "nano_cpus": int(spec.cpus * 1e9),
+        "init": True,
+        "ipc_mode": "none",  # no /dev/shm: the workspace and /tmp are the only writable places
+        "environment": dict(spec.environment),
+        "detach": True,
+    }
+
+
+def hardening_violations(attrs: Mapping[str, Any], spec: SandboxSpec) -> list[str]:
+    """Compare a created container's inspect data with the spec; every missing hardening flag is named."""
+    host: Mapping[str, Any] = attrs.get("HostConfig") or {}
+    config: Mapping[str, Any] = attrs.get("Config") or {}
+    security = [option.replace("=", ":") for option in host.get("SecurityOpt") or []]
+    memory = spec.memory_mb * 1024 * 1024
+    gvisor = spec.runtime == "runsc"
+    ulimits = {u.get("Name"): (u.get("Soft"), u.get("Hard")) for u in host.get("Ulimits") or []}
+    mounts = {
+        m.get("Target"): (m.get("Source"), bool(m.get("ReadOnly")), m.get("Type")) for m in host.get("Mounts") or []
+    }
+    expected_mounts = {target: (source, ro, "bind") for target, (source, ro) in spec.binds.items()}
+    checks = [
+        (host.get("Runtime") == spec.runtime, f"runtime is not {spec.runtime}"),
+        (host.get("NetworkMode") == "none", "network is not none"),
+        (host.get("ReadonlyRootfs") is True, "root filesystem is writable"),
+        ("ALL" in (host.get("CapDrop") or []) and not host.get("CapAdd"), "capabilities are not all dropped"),
+        (not host.get("Privileged"), "container is privileged"),
+        (any(o.startswith("no-new-privileges") for o in security), "no-new-privileges is not set"),
+        (not any("unconfined" in o for o in security), "a security profile is unconfined"),
+        (config.get("User") == SANDBOX_USER, f"user is not {SANDBOX_USER}"),
+        (host.get("Memory") == memory, "memory limit is missing"),
+        (host.get("MemorySwap") == memory, "swap is not disabled"),
+        (host.get("NanoCpus") == int(spec.cpus * 1e9), "CPU quota is missing"),
+        (host.get("PidsLimit") == (GVISOR_PIDS_BACKSTOP if gvisor else spec.pids_limit), "pids limit is missing"),
+        (not gvisor or ulimits.get("nproc") == (spec.pids_limit, spec.pids_limit), "nproc ulimit is missing"),
+        (host.get("Init") is True, "no init process"),
+        ("/tmp" in (host.get("Tmpfs") or {}), "/tmp is not a tmpfs"),
+        (mounts == expected_mounts and not host.get("Binds"), "mounts differ from the spec"),
+        (not host.get("Devices") and host.get("PidMode") in ("", None), "host devices or pid namespace are shared"),
+    ]
+    return [problem for ok, problem in checks if not ok]
+
+
+class DockerBackend:
+    """Sandboxes as Docker containers. Every docker-py error is mapped to an mcpx error here."""
+
+    def __init__(self, docker_host: str | None = None) -> None:
+        self._docker_host = docker_host
+        self._client: docker.DockerClient | None = None
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
+        except docker.errors.ImageNotFound as exc:
+            raise RuntimeUnavailable(f"sandbox image missing: {exc.explanation}") from exc
+        except docker.errors.DockerException as exc:
+            raise RuntimeUnavailable(f"Docker failed: {exc}") from exc
+
+    async def client(self) -> docker.DockerClient:
+        if self._client is None:
+            if self._docker_host:
+                self._client = await self._call(docker.DockerClient, base_url=self._docker_host)
+            else:
+                self._client = await self._call(docker.from_env)
+        return self._client
+
+    async def runtimes(self) -> set[str]:
+        client = await self.client()
+        info = await self._call(client.info)
+        return set(info.get("Runtimes") or {})
+
+    async def ready(self, image: str) -> bool:
+        try:
+            client = await self.client()
+            await self._call(client.ping)
+            await self._call(client.images.get, image)
+        except RuntimeUnavailable:
+            return False
+        return True
+
+    async def start(self, spec: SandboxSpec) -> str:
+        """Create, verify and start a sandbox; return its container id.
+
+        Raises:
+            HardeningViolation: the created container lacks a flag (it is removed first).
+            RuntimeUnavailable: Docker failed or the image is missing.
+        """
+        client = await self.client()
+        container: Container = await self._call(client.containers.create, **container_kwargs(spec))
+        try:
+            violations = hardening_violations(container.attrs, spec)
+            if violations:
+                raise HardeningViolation(violations, session_id=spec.session_id)
+            await self._call(container.start)
+        except BaseException:
+            await self.remove(container.id or spec.name)
+            raise
+        return container.id or spec.name
+
+    async def state(self, container_id: str) -> SandboxState | None:
+        client = await self.client()
+        try:
+            attrs = await self._call(client.api.inspect_container, container_id)
+        except RuntimeUnavailable:
+            return None
+        state = attrs.get("State") or {}
+        running = bool(state.get("Running"))
+        return SandboxState(running, None if running else state.get("ExitCode"), bool(state.get("OOMKilled")))
+
+    async def logs(self, container_id: str) -> str:
+        client = await self.client()
+        try:
+            data = await self._call(client.api.logs, container_id, tail=50)
+        except RuntimeUnavailable:
+            return ""
+        return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+
+    async def remove(self, container_id: str) -> None:
+        client = await self.client()
+        try:
+            await self._call(client.api.remove_container, container_id, force=True, v=True)
+        except RuntimeUnavailable as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return
+            if isinstance(exc.__cause__, docker.errors.APIError) and exc.__cause__.status_code == 409:
+                return  # removal already in progress
+            raise SandboxError(f"cannot remove sandbox {container_id}: {exc}") from exc
+
+    async def remove_owned(self, controller_id: str) -> list[str]:
+        """Remove every sandbox labelled as this controller's (left over from an earlier run)."""
+        client = await self.client()
+        found = await self._call(
+            client.api.containers, all=True, quiet=True, filters={"label": f"{LABEL_CONTROLLER}={controller_id}"}
+        )
+        ids = [entry["Id"] for entry in found]
+        for container_id in ids:
+            await self.remove(container_id)
+        return ids
+
+
+def choose_runtime(available: set[str], requested: str | None, require_gvisor: bool) -> str:
+    """The requested runtime if Docker has it, else runsc when registered, else runc.
+
+    Raises:
+        GVisorRequired: gVisor is required and not registered, or another runtime was requested.
+        RuntimeUnavailable: the requested runtime is not registered.
+    """
+    if require_gvisor and "runsc" not in available:
+        raise GVisorRequired("require_gvisor is set but Docker has no runsc runtime registered")
+    if requested is None:
+        return "runsc" if "runsc" in available else "runc"
+    if require_gvisor and requested != "runsc":
+        raise GVisorRequired(f"require_gvisor is set; runtime {requested!r} is refused")
+    if requested not in available:
+        raise RuntimeUnavailable(f"runtime {requested!r} is not registered with Docker ({sorted(available)})")
+    return requested

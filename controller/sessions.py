@@ -1,0 +1,317 @@
+"""Sessions: one sandbox each, with its socket, its workspace, its limits and its idle TTL.
+
+A session outlives its sandbox: when the container dies (a crash, an OOM under gVisor, a hung runtime) the session
+starts a fresh one on the same workspace and the next result says `state_reset`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from controller.bridge import Bridge, RemoteError
+from controller.config import Limits, Settings
+from controller.errors import (
+    BridgeClosed,
+    BridgeTimeout,
+    MCPXError,
+    SandboxError,
+    SandboxStartTimeout,
+    SessionLimitReached,
+    SessionNotFound,
+)
+from controller.runtime import SANDBOX_USER, SOCKET_MOUNT, SandboxBackend, SandboxSpec, choose_runtime
+
+logger = logging.getLogger(__name__)
+
+SOCKET_NAME = "bridge.sock"
+# How long past its own timeout (and kill grace) an execution may take before the sandbox is presumed hung.
+HUNG_MARGIN_S = 5.0
+OutputListener = Callable[[str, str], None]
+
+
+class ExecutionError(BaseModel):
+    """Why an execution did not complete normally."""
+
+    kind: Literal["exception", "timeout", "interrupted", "oom", "crash"]
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class ExecutionResult(BaseModel):
+    """The outcome of running one piece of code; a failure of the code is data here, not an exception."""
+
+    stdout: str = ""
+    stderr: str = ""
+    result: Any = None
+    error: ExecutionError | None = None
+    duration_ms: float = 0.0
+    state_reset: bool = False
+
+
+def failure(kind: Literal["timeout", "oom", "crash"], message: str, started: float) -> ExecutionResult:
+    error_type = {"timeout": "TimeoutError", "oom": "MemoryError", "crash": "SandboxCrash"}[kind]
+    return ExecutionResult(
+        error=ExecutionError(kind=kind, type=error_type, message=message),
+        duration_ms=round((time.monotonic() - started) * 1000, 3),
+        state_reset=True,
+    )
+
+
+def idle_expired(now: float, last_used: float, ttl_s: float) -> bool:
+    return now - last_used >= ttl_s
+
+
+@dataclass
+class Session:
+    """A live session and the host resources it owns."""
+
+    id: str
+    limits: Limits
+    runtime: str
+    directory: Path
+    bridge: Bridge
+    created_at: datetime
+    container_id: str | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    executions: int = 0
+    restarts: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    listener: OutputListener | None = None
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.directory / "socket"
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.directory / "workspace"
+
+    @property
+    def busy(self) -> bool:
+        return self.lock.locked()
+
+    def on_notification(self, method: str, params: dict[str, Any]) -> None:
+        stream, text = params.get("stream"), params.get("text")
+        if method == "output" and self.listener and stream in ("stdout", "stderr") and isinstance(text, str):
+            self.listener(stream, text)
+
+
+class SessionManager:
+    """Creates, runs, restarts and reaps sessions. Call `start()` before use and `close()` at shutdown."""
+
+    def __init__(self, settings: Settings, backend: SandboxBackend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.sessions: dict[str, Session] = {}
+        self.runtimes: set[str] = set()
+        self.runtime = "runc"
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.settings.state_dir / "sessions"
+
+    async def start(self) -> None:
+        """Remove what an earlier run of this controller left behind, pick the runtime, start the reaper."""
+        removed = await self.backend.remove_owned(self.settings.controller_id)
+        if removed:
+            logger.info("removed %d sandboxes left by an earlier run", len(removed))
+        shutil.rmtree(self.sessions_dir, ignore_errors=True)
+        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self.sessions_dir.chmod(0o711)
+        self.runtimes = await self.backend.runtimes()
+        self.runtime = choose_runtime(self.runtimes, self.settings.runtime, self.settings.require_gvisor)
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(self.delete(session_id) for session_id in list(self.sessions)))
+
+    def get(self, session_id: str) -> Session:
+        """Raises: SessionNotFound."""
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(session_id) from None
+
+    async def create(self, limits: Limits, runtime: str | None = None) -> Session:
+        """Start a session with its own sandbox, on `runtime` or the controller's default one.
+
+        Raises:
+            SessionLimitReached: too many sessions.
+            GVisorRequired: a runtime other than runsc was asked for under `require_gvisor`.
+            SandboxError, RuntimeUnavailable: the sandbox could not be started.
+        """
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise SessionLimitReached(self.settings.max_sessions)
+        runtime = (
+            self.runtime if runtime is None else choose_runtime(self.runtimes, runtime, self.settings.require_gvisor)
+        )
+        session_id = secrets.token_hex(8)
+        directory = self.sessions_dir / session_id
+        bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
+        session = Session(session_id, limits, runtime, directory, bridge, datetime.now(UTC))
+        bridge.on_notification = session.on_notification
+        self.sessions[session_id] = session
+        try:
+            self._make_directories(session)
+            await bridge.start()
+            await self._boot(session)
+        except BaseException:
+            await self.delete(session_id)
+            raise
+        return session
+
+    async def delete(self, session_id: str) -> None:
+        """Remove the session's sandbox, socket and workspace. Raises: SessionNotFound."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFound(session_id)
+        try:
+            if session.container_id is not None:
+                await self.backend.remove(session.container_id)
+        finally:
+            await session.bridge.close()
+            shutil.rmtree(session.directory, ignore_errors=True)
+
+    async def execute(
+        self, session_id: str, code: str, timeout_s: float | None = None, listener: OutputListener | None = None
+    ) -> ExecutionResult:
+        """Run code in the session's interpreter; executions of one session run one at a time.
+
+        Raises:
+            SessionNotFound: unknown session.
+            SandboxError: the sandbox died and could not be restarted.
+        """
+        session = self.get(session_id)
+        timeout = timeout_s if timeout_s is not None else session.limits.timeout_s
+        async with session.lock:
+            session.last_used = time.monotonic()
+            session.executions += 1
+            session.listener = listener
+            try:
+                return await self._execute(session, code, timeout)
+            finally:
+                session.listener = None
+                session.last_used = time.monotonic()
+
+    async def _execute(self, session: Session, code: str, timeout_s: float) -> ExecutionResult:
+        started = time.monotonic()
+        reset = False
+        if not session.bridge.is_connected:
+            await self._restart(session)
+            reset = True
+        params = {"code": code, "timeout_s": timeout_s, "stream": session.listener is not None}
+        deadline = timeout_s + self.settings.kill_grace_s + HUNG_MARGIN_S
+        try:
+            reply = await session.bridge.request("execute", params, deadline)
+            result = ExecutionResult.model_validate(reply)
+        except BridgeTimeout:
+            await self._restart(session)
+            return failure("timeout", "the sandbox stopped responding and was restarted", started)
+        except (BridgeClosed, RemoteError, ValidationError) as exc:
+            kind: Literal["oom", "crash"] = "oom" if await self._died_of_oom(session) else "crash"
+            logger.info("session %s: sandbox lost during execution (%s): %s", session.id, kind, exc)
+            await self._restart(session)
+            message = "the sandbox ran out of memory" if kind == "oom" else "the sandbox crashed"
+            return failure(kind, f"{message} and was restarted; the workspace was kept", started)
+        if reset:
+            result.state_reset = True
+        return result
+
+    async def _died_of_oom(self, session: Session) -> bool:
+        """Wait (bounded) for the engine to report the container's end, then read its OOM flag."""
+        if session.container_id is None:
+            return False
+        for _ in range(20):
+            state = await self.backend.state(session.container_id)
+            if state is None:
+                return False
+            if not state.running:
+                return state.oom_killed
+            await asyncio.sleep(0.1)
+        return False
+
+    async def _restart(self, session: Session) -> None:
+        session.restarts += 1
+        await session.bridge.disconnect()
+        if session.container_id is not None:
+            await self.backend.remove(session.container_id)
+            session.container_id = None
+        await self._boot(session)
+
+    async def _boot(self, session: Session) -> None:
+        """Start a container for the session and wait until its runtime connects to the socket."""
+        spec = SandboxSpec(
+            session_id=session.id,
+            controller_id=self.settings.controller_id,
+            image=self.settings.image,
+            runtime=session.runtime,
+            memory_mb=session.limits.memory_mb,
+            cpus=session.limits.cpus,
+            pids_limit=self.settings.pids_limit,
+            tmp_size_mb=self.settings.tmp_size_mb,
+            socket_dir=session.socket_dir,
+            workspace_dir=session.workspace_dir,
+            created=session.created_at,
+            environment=self._runtime_environment(),
+        )
+        session.container_id = await self.backend.start(spec)
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while not session.bridge.is_connected:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await session.bridge.connected.wait()
+                continue
+            state = await self.backend.state(session.container_id)
+            if state is None or not state.running:
+                logs = await self.backend.logs(session.container_id)
+                raise SandboxError("the sandbox exited before connecting", session_id=session.id, logs=logs)
+            if time.monotonic() > deadline:
+                raise SandboxStartTimeout("the sandbox did not connect in time", session_id=session.id)
+
+    def _runtime_environment(self) -> dict[str, str]:
+        """The sandbox runtime's knobs; nothing secret ever goes here."""
+        return {
+            "MCPX_SOCKET": f"{SOCKET_MOUNT}/{SOCKET_NAME}",
+            "MCPX_MAX_FRAME": str(self.settings.max_frame_bytes),
+            "MCPX_MAX_OUTPUT": str(self.settings.max_output_bytes),
+            "MCPX_KILL_GRACE_S": str(self.settings.kill_grace_s),
+        }
+
+    def _make_directories(self, session: Session) -> None:
+        uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
+        session.directory.mkdir(mode=0o711)
+        session.socket_dir.mkdir(mode=0o755)
+        session.workspace_dir.mkdir(mode=0o700)
+        shutil.chown(session.workspace_dir, uid, gid)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval_s)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if not session.busy and idle_expired(now, session.last_used, session.limits.ttl_s):
+                    logger.info("session %s idle for %.0f s: deleting", session.id, now - session.last_used)
+                    try:
+                        await self.delete(session.id)
+                    except SessionNotFound:
+                        pass
+                    except MCPXError:
+                        logger.exception("reaping session %s failed", session.id)

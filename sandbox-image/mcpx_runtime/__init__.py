@@ -1,0 +1,1 @@
+"""The mcpx sandbox runtime: stdlib only, runs inside the sandbox image."""

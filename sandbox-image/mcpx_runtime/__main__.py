@@ -1,0 +1,3 @@
+from mcpx_runtime.supervisor import main
+
+main()

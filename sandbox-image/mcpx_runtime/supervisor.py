@@ -1,0 +1,373 @@
+"""The sandbox's main process: the one bridge connection to the controller, and the keeper of the worker.
+
+It owns no user state. It relays `execute` to the worker, enforces the timeout (SIGINT, then SIGKILL of the
+worker's process group after a grace period), captures fd-level stdout/stderr, and restarts the worker whenever it
+dies, reporting `state_reset`. Tool calls from the worker are forwarded to the controller on the same connection.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpx_runtime.wire import FrameTooLarge, LineReader, Message, encode
+
+SOCKET_PATH = os.environ.get("MCPX_SOCKET", "/run/mcpx/bridge.sock")
+MAX_FRAME = int(os.environ.get("MCPX_MAX_FRAME", str(16 * 1024 * 1024)))
+MAX_OUTPUT = int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024)))
+KILL_GRACE_S = float(os.environ.get("MCPX_KILL_GRACE_S", "1.0"))
+FORWARDED_METHODS = frozenset({"tools/call", "tools/search"})
+READ_SIZE = 65536
+STOPS = {"timeout": ("TimeoutError", "time limit exceeded"), "interrupted": ("KeyboardInterrupt", "interrupted")}
+
+
+class Capture:
+    """One stream of one execution: decoded incrementally (UTF-8 never split), capped at MAX_OUTPUT bytes."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._parts: list[str] = []
+        self._size = 0
+        self.dropped = 0
+
+    def add(self, data: bytes) -> str:
+        room = max(MAX_OUTPUT - self._size, 0)
+        self.dropped += max(len(data) - room, 0)
+        text = self._decoder.decode(data[:room])
+        self._size += min(len(data), room)
+        self._parts.append(text)
+        return text
+
+    def text(self) -> str:
+        text = "".join(self._parts) + self._decoder.decode(b"", final=True)
+        if self.dropped:
+            text += f"\n[mcpx: {self.dropped} more bytes of output were dropped]\n"
+        return text
+
+
+@dataclass
+class Execution:
+    request_id: Any
+    deadline: float
+    stream: bool
+    started: float = field(default_factory=time.monotonic)
+    stop_reason: str | None = None
+    kill_at: float | None = None
+    stdout: Capture = field(default_factory=Capture)
+    stderr: Capture = field(default_factory=Capture)
+
+
+class Worker:
+    """A running worker process and the supervisor's ends of its four pipes."""
+
+    def __init__(self) -> None:
+        cmd_r, self.cmd_w = os.pipe()
+        self.evt_r, evt_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        self.err_r, err_w = os.pipe()
+        argv = [sys.executable, "-m", "mcpx_runtime.worker", str(cmd_r), str(evt_w), str(MAX_FRAME)]
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, pass_fds=(cmd_r, evt_w), start_new_session=True
+        )
+        for fd in (cmd_r, evt_w, out_w, err_w):
+            os.close(fd)
+        for fd in (self.out_r, self.err_r):
+            os.set_blocking(fd, False)
+        self.events = LineReader(MAX_FRAME)
+        self.ready = False
+        self.oom_kills = oom_kill_count()
+
+    def send(self, message: Message) -> None:
+        # A dead worker's EPIPE is ignored here: its death is noticed on the event pipe.
+        with contextlib.suppress(OSError):
+            os.write(self.cmd_w, encode(message))
+
+    def kill(self) -> int:
+        """Kill the worker and everything it started; return its exit status."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return self.process.wait()
+
+    def close(self) -> None:
+        for fd in (self.cmd_w, self.evt_r, self.out_r, self.err_r):
+            os.close(fd)
+
+
+def oom_kill_count() -> int:
+    """The cgroup's OOM-kill counter, to tell an OOM kill from any other SIGKILL (cgroup v2, then v1)."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path) as events:
+                for line in events:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+class Supervisor:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.selector = selectors.DefaultSelector()
+        self.inbox = LineReader(MAX_FRAME)
+        self.execution: Execution | None = None
+        self.pending: Message | None = None
+        self.forwarded: dict[int, Any] = {}
+        self.next_id = 0
+        self.running = True
+        self.worker = self._start_worker()
+        self.selector.register(sock, selectors.EVENT_READ, self._on_controller)
+
+    # --- the controller side -------------------------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        self.sock.sendall(encode({"jsonrpc": "2.0", **message}))
+
+    def reply(self, request_id: Any, result: Any) -> None:
+        self.send({"id": request_id, "result": result})
+
+    def reply_error(self, request_id: Any, code: int, message: str) -> None:
+        self.send({"id": request_id, "error": {"code": code, "message": message}})
+
+    def _on_controller(self, _fd: int) -> None:
+        data = self.sock.recv(READ_SIZE)
+        if not data:
+            self.running = False
+            return
+        try:
+            messages = self.inbox.feed(data)
+        except FrameTooLarge:
+            self.reply_error(None, -32600, "frame too large")
+            self.running = False
+            return
+        for message in messages:
+            if message is None:
+                self.reply_error(None, -32700, "parse error")
+            elif isinstance(message.get("method"), str):
+                self._on_request(message)
+            elif isinstance(message.get("id"), int) and message["id"] in self.forwarded:
+                call_id = self.forwarded.pop(message["id"])
+                reply = {"type": "reply", "id": call_id, "result": message.get("result"), "error": message.get("error")}
+                self.worker.send(reply)
+
+    def _on_request(self, message: Message) -> None:
+        method, request_id = message["method"], message.get("id")
+        params: Message = message["params"] if isinstance(message.get("params"), dict) else {}
+        if method == "execute":
+            if self.execution is not None or self.pending is not None:
+                self.reply_error(request_id, -32002, "an execution is already running")
+            else:
+                self.pending = {"id": request_id, **params}
+                self._dispatch()
+        elif method == "interrupt":
+            if self.execution is not None:
+                self._stop(self.execution, "interrupted")
+            self.reply(request_id, {"interrupted": self.execution is not None})
+        elif method == "reset":
+            self._replace_worker()
+            self.reply(request_id, {"reset": True})
+        elif method == "ping":
+            self.reply(request_id, {"pid": os.getpid(), "worker_ready": self.worker.ready})
+        elif request_id is not None:
+            self.reply_error(request_id, -32601, f"unknown method {method!r}")
+
+    # --- executions ----------------------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        if self.pending is None or not self.worker.ready:
+            return
+        request, self.pending = self.pending, None
+        timeout = float(request.get("timeout_s") or 30.0)
+        self.execution = Execution(request["id"], time.monotonic() + timeout, bool(request.get("stream")))
+        self.worker.send({"type": "execute", "id": request["id"], "code": str(request.get("code", ""))})
+
+    def _stop(self, execution: Execution, reason: str) -> None:
+        if execution.kill_at is not None:
+            return
+        execution.stop_reason = reason
+        execution.kill_at = time.monotonic() + KILL_GRACE_S
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.worker.process.pid, signal.SIGINT)
+
+    def _finish(self, error: Message | None, result: Any, state_reset: bool) -> None:
+        if self.execution is None:
+            return
+        self._drain()
+        execution, self.execution = self.execution, None
+        if execution.stop_reason is not None:
+            error_type, message = STOPS[execution.stop_reason]
+            traceback = (error or {}).get("traceback", "")
+            error = {"kind": execution.stop_reason, "type": error_type, "message": message, "traceback": traceback}
+        self.reply(
+            execution.request_id,
+            {
+                "stdout": execution.stdout.text(),
+                "stderr": execution.stderr.text(),
+                "result": result,
+                "error": error,
+                "duration_ms": round((time.monotonic() - execution.started) * 1000, 3),
+                "state_reset": state_reset,
+            },
+        )
+
+    def tick(self) -> float | None:
+        """Enforce deadlines; return how long the loop may sleep."""
+        execution = self.execution
+        if execution is None:
+            return None
+        now = time.monotonic()
+        if execution.kill_at is not None:
+            if now >= execution.kill_at:
+                self._on_worker_death(killed=True)
+                return None
+            return execution.kill_at - now
+        if now >= execution.deadline:
+            self._stop(execution, "timeout")
+            return KILL_GRACE_S
+        return execution.deadline - now
+
+    # --- the worker side -----------------------------------------------------------------------------------------
+
+    def _start_worker(self) -> Worker:
+        worker = Worker()
+        self.selector.register(worker.evt_r, selectors.EVENT_READ, self._on_worker_event)
+        self.selector.register(worker.out_r, selectors.EVENT_READ, self._on_output)
+        self.selector.register(worker.err_r, selectors.EVENT_READ, self._on_output)
+        return worker
+
+    def _replace_worker(self) -> None:
+        self.worker.kill()
+        for fd in (self.worker.evt_r, self.worker.out_r, self.worker.err_r):
+            if fd in self.selector.get_map():
+                self.selector.unregister(fd)
+        self.worker.close()
+        self.worker = self._start_worker()
+
+    def _on_worker_event(self, fd: int) -> None:
+        data = os.read(fd, READ_SIZE)
+        if not data:
+            self._on_worker_death(killed=False)
+            return
+        try:
+            events = self.worker.events.feed(data)
+        except FrameTooLarge:
+            self._on_worker_death(killed=True)
+            return
+        for event in events:
+            if event is not None:
+                self._on_event(event)
+
+    def _on_event(self, event: Message) -> None:
+        kind = event.get("type")
+        if kind == "ready":
+            self.worker.ready = True
+            self._dispatch()
+        elif kind == "done" and self.execution is not None and event.get("id") == self.execution.request_id:
+            error = event.get("error")
+            if error is not None:
+                error = {"kind": "exception", **error}
+            self._finish(error, event.get("result"), state_reset=False)
+        elif kind == "call" and event.get("method") in FORWARDED_METHODS:
+            self.next_id += 1
+            self.forwarded[self.next_id] = event.get("id")
+            self.send({"id": self.next_id, "method": event["method"], "params": event.get("params")})
+
+    def _on_worker_death(self, *, killed: bool) -> None:
+        worker = self.worker
+        status = worker.kill()
+        if not worker.ready:
+            raise SystemExit(f"mcpx runtime: the interpreter failed to start ({describe_status(status)})")
+        if self.execution is not None:
+            if killed:
+                error = None  # _finish describes a stop it caused itself
+            elif oom_kill_count() > worker.oom_kills:
+                error = {
+                    "kind": "oom",
+                    "type": "MemoryError",
+                    "message": "the interpreter ran out of memory and was killed",
+                    "traceback": "",
+                }
+            else:
+                error = {
+                    "kind": "crash",
+                    "type": "InterpreterExit",
+                    "message": describe_status(status),
+                    "traceback": "",
+                }
+            self._finish(error, None, state_reset=True)
+        for call_id in list(self.forwarded):
+            self.forwarded.pop(call_id)
+        self._replace_worker()
+
+    def _on_output(self, fd: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            self.selector.unregister(fd)
+            return
+        execution = self.execution
+        if execution is None:
+            return  # output of a background process between executions belongs to nobody
+        name = "stdout" if fd == self.worker.out_r else "stderr"
+        text = getattr(execution, name).add(data)
+        if execution.stream and text:
+            self.send({"method": "output", "params": {"id": execution.request_id, "stream": name, "text": text}})
+
+    def _drain(self) -> None:
+        """Collect what the worker wrote before it reported, so no output moves to the next execution."""
+        for fd in (self.worker.out_r, self.worker.err_r):
+            while True:
+                try:
+                    data = os.read(fd, READ_SIZE)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    break
+                if self.execution is not None:
+                    name = "stdout" if fd == self.worker.out_r else "stderr"
+                    getattr(self.execution, name).add(data)
+
+    def serve(self) -> None:
+        while self.running:
+            timeout = self.tick()
+            for key, _ in self.selector.select(timeout):
+                key.data(key.fd)
+                if not self.running:
+                    break
+        self.worker.kill()
+
+
+def describe_status(status: int) -> str:
+    if status < 0:
+        name = signal.Signals(-status).name if -status in signal.valid_signals() else str(-status)
+        return f"the interpreter was killed by {name}"
+    return f"the interpreter exited with status {status}"
+
+
+def connect(path: str, attempts: int = 100) -> socket.socket:
+    for _ in range(attempts):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            time.sleep(0.05)
+    raise SystemExit(f"mcpx runtime: cannot connect to {path}")
+
+
+def main() -> None:
+    Supervisor(connect(SOCKET_PATH)).serve()

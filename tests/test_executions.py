@@ -1,0 +1,152 @@
+"""Notebook semantics of executions, in real sandboxes over the real socket."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import SessionFactory, execute
+
+
+def test_variables_imports_and_functions_persist_across_executions(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    execute(api, session, "import math\ncount = 41\ndef bump(n):\n    return n + 1")
+    reply = execute(api, session, "bump(count), math.floor(2.5)")
+    assert reply["result"] == [42, 2]
+    assert reply["error"] is None
+    assert reply["state_reset"] is False
+
+
+def test_top_level_await_works(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    reply = execute(
+        api,
+        session,
+        "import asyncio\nasync def twice(x):\n    await asyncio.sleep(0)\n    return 2 * x\n"
+        "values = await asyncio.gather(twice(1), twice(2))\nvalues",
+    )
+    assert reply["result"] == [2, 4]
+    assert execute(api, session, "await twice(values[1])")["result"] == 8
+
+
+def test_trailing_expression_value_is_returned_as_json_or_repr(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    assert execute(api, session, "x = 1")["result"] is None
+    assert execute(api, session, "{'a': [1, 2.5, None, 'é']}")["result"] == {"a": [1, 2.5, None, "é"]}
+    assert execute(api, session, "class Thing: pass\nThing()")["result"].startswith("<__main__.Thing object at")
+
+
+def test_stdout_and_stderr_are_captured_separately(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    reply = execute(
+        api, session, "import sys, os\nprint('out')\nprint('err', file=sys.stderr)\nos.system('echo from-a-subprocess')"
+    )
+    assert reply["stdout"] == "out\nfrom-a-subprocess\n"
+    assert reply["stderr"] == "err\n"
+
+
+def test_exception_is_reported_with_type_and_traceback(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    reply = execute(api, session, "def fail():\n    raise ValueError('bad input')\nprint('before')\nfail()")
+    assert reply["stdout"] == "before\n"
+    error = reply["error"]
+    assert error["kind"] == "exception"
+    assert error["type"] == "ValueError"
+    assert error["message"] == "bad input"
+    assert "line 2, in fail" in error["traceback"]
+    assert "mcpx_runtime" not in error["traceback"]
+    assert reply["state_reset"] is False
+
+
+def test_syntax_error_is_an_exception_result(api: httpx.Client, new_session: SessionFactory):
+    reply = execute(api, new_session(), "def broken(:")
+    assert reply["error"]["kind"] == "exception"
+    assert reply["error"]["type"] == "SyntaxError"
+
+
+def test_replacing_or_closing_stdout_does_not_break_later_executions(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    execute(api, session, "import sys, os\nsys.stdout = None\nos.close(1)")
+    assert execute(api, session, "print('still here')")["stdout"] == "still here\n"
+
+
+def test_infinite_loop_times_out_and_the_session_stays_usable(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+):
+    session = new_session(runtime=runtime)
+    execute(api, session, "kept = 'state'")
+    started = time.monotonic()
+    reply = execute(api, session, "while True:\n    pass", timeout_s=2)
+    assert time.monotonic() - started < 2 + 2
+    assert reply["error"]["kind"] == "timeout"
+    assert reply["state_reset"] is False
+    assert execute(api, session, "kept")["result"] == "state"
+
+
+def test_ignoring_sigint_does_not_escape_the_timeout(api: httpx.Client, new_session: SessionFactory, runtime: str):
+    session = new_session(runtime=runtime)
+    started = time.monotonic()
+    reply = execute(
+        api, session, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", timeout_s=2
+    )
+    assert time.monotonic() - started < 2 + 2
+    assert reply["error"]["kind"] == "timeout"
+    assert reply["state_reset"] is True
+    assert execute(api, session, "1 + 1")["result"] == 2
+
+
+def test_memory_bomb_is_reported_as_oom_and_the_session_recovers(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+):
+    session = new_session(runtime=runtime, memory_mb=256)
+    execute(api, session, "open('/workspace/kept.txt', 'w').write('survives')")
+    reply = execute(api, session, "hog = []\nwhile True:\n    hog.append(bytearray(10 * 1024 * 1024))", timeout_s=30)
+    assert reply["error"]["kind"] == "oom"
+    assert reply["state_reset"] is True
+    assert execute(api, session, "open('/workspace/kept.txt').read()")["result"] == "survives"
+
+
+def test_allocation_below_the_memory_limit_succeeds(api: httpx.Client, new_session: SessionFactory):
+    session = new_session(memory_mb=256)
+    assert execute(api, session, "len(bytearray(100 * 1024 * 1024))")["result"] == 100 * 1024 * 1024
+
+
+@pytest.mark.parametrize("code", ["import os\nos._exit(3)", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)"])
+def test_interpreter_exit_is_reported_and_the_next_execution_works(
+    api: httpx.Client, new_session: SessionFactory, code: str
+):
+    session = new_session()
+    reply = execute(api, session, code)
+    assert reply["error"]["kind"] == "crash"
+    assert reply["state_reset"] is True
+    assert execute(api, session, "'alive'")["result"] == "alive"
+
+
+def test_killing_the_sandbox_supervisor_restarts_the_sandbox(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+):
+    session = new_session(runtime=runtime)
+    execute(api, session, "open('/workspace/note', 'w').write('kept')")
+    reply = execute(api, session, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert reply["error"]["kind"] == "crash"
+    assert reply["state_reset"] is True
+    assert execute(api, session, "open('/workspace/note').read()")["result"] == "kept"
+    assert api.get(f"/v1/sessions/{session}").json()["restarts"] == 1
+
+
+def test_output_beyond_the_cap_is_dropped_with_a_marker(api: httpx.Client, new_session: SessionFactory, settings):
+    session = new_session()
+    reply = execute(api, session, f"print('x' * {settings.max_output_bytes + 1000})")
+    assert len(reply["stdout"]) < settings.max_output_bytes + 200
+    assert "more bytes of output were dropped" in reply["stdout"]
+
+
+def test_a_forked_child_that_falls_through_cannot_answer_for_the_worker(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    reply = execute(
+        api, session, "import os, time\nif os.fork() == 0:\n    raise SystemExit('child')\ntime.sleep(0.5)\n'parent'"
+    )
+    assert reply["result"] == "parent"
+    assert reply["error"] is None

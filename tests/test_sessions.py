@@ -1,0 +1,147 @@
+"""The session API contract, TTL reaping, and cleanup across a controller restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from controller.config import Settings
+from tests.conftest import IMAGE, SessionFactory, execute, free_port, wait_until
+
+
+def containers_of(docker_client: docker.DockerClient, label: str) -> list[str]:
+    return [c.id for c in docker_client.containers.list(all=True, filters={"label": label})]
+
+
+def test_create_returns_id_runtime_and_creation_time(api: httpx.Client, new_session: SessionFactory):
+    response = api.post("/v1/sessions")
+    assert response.status_code == 201
+    body = response.json()
+    api.delete(f"/v1/sessions/{body['id']}")
+    assert body["runtime"] == "runsc"
+    assert body["created_at"]
+    assert body["limits"]["memory_mb"] == 256
+
+
+def test_get_reports_the_session_state(api: httpx.Client, new_session: SessionFactory):
+    session = new_session(runtime="runc", memory_mb=300, ttl_s=60)
+    execute(api, session, "1")
+    body = api.get(f"/v1/sessions/{session}").json()
+    assert body["id"] == session
+    assert body["runtime"] == "runc"
+    assert body["state"] == "ready"
+    assert body["limits"]["memory_mb"] == 300
+    assert body["executions"] == 1
+
+
+def test_unknown_session_is_a_404_with_a_reason(api: httpx.Client):
+    for response in (
+        api.get("/v1/sessions/nope"),
+        api.delete("/v1/sessions/nope"),
+        api.post("/v1/sessions/nope/executions", json={"code": "1"}),
+    ):
+        assert response.status_code == 404
+        assert response.json() == {"error": "session_not_found", "detail": "session 'nope' not found"}
+
+
+def test_delete_removes_the_container_and_the_socket_dir(
+    api: httpx.Client, docker_client: docker.DockerClient, settings: Settings
+):
+    session = api.post("/v1/sessions").json()["id"]
+    assert len(containers_of(docker_client, f"mcpx.session={session}")) == 1
+    assert (settings.state_dir / "sessions" / session / "socket" / "bridge.sock").exists()
+    assert api.delete(f"/v1/sessions/{session}").status_code == 204
+    assert containers_of(docker_client, f"mcpx.session={session}") == []
+    assert not (settings.state_dir / "sessions" / session).exists()
+    assert api.get(f"/v1/sessions/{session}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/sessions", {"memory_mb": "lots"}, 422),
+        ("/v1/sessions", {"memory_mb": 10**7}, 422),
+        ("/v1/sessions", {"cpus": -1}, 422),
+        ("/v1/sessions", {"ttl_s": 10**9}, 422),
+        ("/v1/sessions", {"runtime": "kata"}, 422),
+        ("/v1/sessions", {"unknown": 1}, 422),
+        ("/v1/sessions", [1, 2], 422),
+    ],
+)
+def test_bad_session_requests_get_a_4xx_with_a_reason(api: httpx.Client, path: str, body: object, status: int):
+    response = api.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+def test_bad_execution_requests_get_a_4xx_with_a_reason(
+    api: httpx.Client, new_session: SessionFactory, settings: Settings
+):
+    session = new_session()
+    url = f"/v1/sessions/{session}/executions"
+    cases = [
+        (api.post(url, content=b"{not json", headers={"content-type": "application/json"}), 422),
+        (api.post(url, json={"code": 42}), 422),
+        (api.post(url, json={}), 422),
+        (api.post(url, json={"code": "1", "timeout_s": 0}), 422),
+        (api.post(url, json={"code": "1", "timeout_s": settings.max_timeout_s + 1}), 422),
+        (api.post(url, json={"code": "#" * (settings.max_code_bytes + 1)}), 413),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.text
+        assert response.json()["detail"]
+    assert execute(api, session, "'unharmed'")["result"] == "unharmed"
+
+
+def test_idle_session_is_deleted_after_its_ttl(
+    api: httpx.Client, new_session: SessionFactory, docker_client: docker.DockerClient
+):
+    session = new_session(ttl_s=1)
+    execute(api, session, "1")
+    wait_until(lambda: api.get(f"/v1/sessions/{session}").status_code == 404, 15, "the idle session to be reaped")
+    wait_until(lambda: not containers_of(docker_client, f"mcpx.session={session}"), 15, "its sandbox to be removed")
+
+
+def serve(state_dir: Path, port: int, controller_id: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MCPX_STATE_DIR": str(state_dir), "MCPX_CONTROLLER_ID": controller_id, "MCPX_IMAGE": IMAGE}
+    command = [sys.executable, "-m", "controller.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env)
+    url = f"http://127.0.0.1:{port}/readyz"
+
+    def ready() -> bool:
+        assert process.poll() is None, "mcpx serve exited"
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, 60, "mcpx serve to be ready")
+    return process
+
+
+def test_a_killed_controller_leaves_no_sandbox_behind_after_restart(tmp_path: Path, docker_client: docker.DockerClient):
+    controller_id = f"restart{os.getpid()}"
+    port = free_port()
+    label = f"mcpx.controller={controller_id}"
+    first = serve(tmp_path, port, controller_id)
+    try:
+        session = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", timeout=60).json()["id"]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert len(containers_of(docker_client, label)) == 1, "the killed controller's sandbox should still exist"
+    second = serve(tmp_path, port, controller_id)
+    try:
+        assert containers_of(docker_client, label) == []
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/sessions/{session}").status_code == 404
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    assert containers_of(docker_client, label) == []
