@@ -55,6 +55,10 @@ class SandboxStartTimeout(SandboxError):
     """The sandbox runtime did not connect to the session socket in time."""
 
 
+class WorkspaceError(SandboxError):
+    """Making, mounting or removing a session workspace failed."""
+
+
 class BridgeError(MCPXError):
     """The session socket failed."""
 

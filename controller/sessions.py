@@ -32,6 +32,7 @@ from controller.errors import (
     SessionNotFound,
 )
 from controller.runtime import SANDBOX_USER, SOCKET_MOUNT, SandboxBackend, SandboxSpec, choose_runtime
+from controller.workspaces import Workspaces
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class SessionManager:
         self.settings = settings
         self.backend = backend
         self.sessions: dict[str, Session] = {}
+        uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
+        self.workspaces = Workspaces(settings.workspace_size_mb, uid, gid)
         self.runtimes: set[str] = set()
         self.runtime = "runc"
         self._reaper: asyncio.Task[None] | None = None
@@ -129,7 +132,9 @@ class SessionManager:
         removed = await self.backend.remove_owned(self.settings.controller_id)
         if removed:
             logger.info("removed %d sandboxes left by an earlier run", len(removed))
-        shutil.rmtree(self.sessions_dir, ignore_errors=True)
+        if self.sessions_dir.exists():
+            await self.workspaces.remove_all(self.sessions_dir)
+            shutil.rmtree(self.sessions_dir, ignore_errors=True)
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.chmod(0o711)
         self.runtimes = await self.backend.runtimes()
@@ -170,7 +175,9 @@ class SessionManager:
         bridge.on_notification = session.on_notification
         self.sessions[session_id] = session
         try:
-            self._make_directories(session)
+            session.directory.mkdir(mode=0o711)
+            session.socket_dir.mkdir(mode=0o755)
+            await self.workspaces.create(session.workspace_dir)
             await bridge.start()
             await self._boot(session)
         except BaseException:
@@ -188,6 +195,7 @@ class SessionManager:
                 await self.backend.remove(session.container_id)
         finally:
             await session.bridge.close()
+            await self.workspaces.remove(session.workspace_dir)
             shutil.rmtree(session.directory, ignore_errors=True)
 
     async def execute(
@@ -294,13 +302,6 @@ class SessionManager:
             "MCPX_MAX_OUTPUT": str(self.settings.max_output_bytes),
             "MCPX_KILL_GRACE_S": str(self.settings.kill_grace_s),
         }
-
-    def _make_directories(self, session: Session) -> None:
-        uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
-        session.directory.mkdir(mode=0o711)
-        session.socket_dir.mkdir(mode=0o755)
-        session.workspace_dir.mkdir(mode=0o700)
-        shutil.chown(session.workspace_dir, uid, gid)
 
     async def _reap_forever(self) -> None:
         while True:

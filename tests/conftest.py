@@ -66,6 +66,7 @@ def make_settings(state_dir: Path, **overrides: Any) -> Settings:
         "pids_limit": PIDS_LIMIT,
         "reap_interval_s": 0.2,
         "defaults": Limits(timeout_s=10, memory_mb=256),
+        "workspace_size_mb": 32,
     }
     return Settings(**{**values, **overrides})
 

@@ -159,3 +159,30 @@ def test_environment_holds_no_secrets_and_no_docker_socket_is_reachable(api: htt
         or name.startswith("MCPX_")
         for name in env
     ), env
+
+
+def test_workspace_is_size_capped_and_a_full_workspace_is_a_clean_error(
+    api: httpx.Client, new_session: SessionFactory, runtime: str, settings: Settings
+):
+    session = new_session(runtime=runtime)
+    reply = execute(
+        api,
+        session,
+        (
+            "import errno\n"
+            "chunk = b'x' * (1024 * 1024)\n"
+            "written = 0\n"
+            "try:\n"
+            "    with open('/workspace/big', 'wb') as f:\n"
+            f"        for _ in range({settings.workspace_size_mb * 2}):\n"
+            "            f.write(chunk)\n"
+            "            written += 1\n"
+            "except OSError as exc:\n"
+            "    outcome = errno.errorcode[exc.errno]\n"
+            "outcome, written"
+        ),
+    )
+    outcome, written = reply["result"]
+    assert outcome == "ENOSPC"
+    assert written <= settings.workspace_size_mb
+    assert run(api, session, "import os\nos.remove('/workspace/big')\nopen('/workspace/after', 'w').write('ok')") == 2

@@ -13,15 +13,12 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from mcpx_runtime import worker
 from mcpx_runtime.wire import FrameTooLarge, LineReader, Message, encode
 
-SOCKET_PATH = os.environ.get("MCPX_SOCKET", "/run/mcpx/bridge.sock")
 MAX_FRAME = int(os.environ.get("MCPX_MAX_FRAME", str(16 * 1024 * 1024)))
 MAX_OUTPUT = int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024)))
 KILL_GRACE_S = float(os.environ.get("MCPX_KILL_GRACE_S", "1.0"))
@@ -54,30 +51,31 @@ class Capture:
         return text
 
 
-@dataclass
 class Execution:
-    request_id: Any
-    deadline: float
-    stream: bool
-    started: float = field(default_factory=time.monotonic)
-    stop_reason: str | None = None
-    kill_at: float | None = None
-    stdout: Capture = field(default_factory=Capture)
-    stderr: Capture = field(default_factory=Capture)
+    """The one execution in flight: its deadline, how it was stopped, and what it printed."""
+
+    def __init__(self, request_id: Any, deadline: float, stream: bool) -> None:
+        self.request_id = request_id
+        self.deadline = deadline
+        self.stream = stream
+        self.started = time.monotonic()
+        self.stop_reason: str | None = None
+        self.kill_at: float | None = None
+        self.stdout = Capture()
+        self.stderr = Capture()
 
 
 class Worker:
-    """A running worker process and the supervisor's ends of its four pipes."""
+    """A worker process, forked from this one (its modules are already imported), and the four pipes to it."""
 
     def __init__(self) -> None:
         cmd_r, self.cmd_w = os.pipe()
         self.evt_r, evt_w = os.pipe()
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
-        argv = [sys.executable, "-m", "mcpx_runtime.worker", str(cmd_r), str(evt_w), str(MAX_FRAME)]
-        self.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, pass_fds=(cmd_r, evt_w), start_new_session=True
-        )
+        self.pid = os.fork()
+        if self.pid == 0:
+            serve_in_child(cmd_r, evt_w, out_w, err_w)
         for fd in (cmd_r, evt_w, out_w, err_w):
             os.close(fd)
         for fd in (self.out_r, self.err_r):
@@ -94,12 +92,31 @@ class Worker:
     def kill(self) -> int:
         """Kill the worker and everything it started; return its exit status."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        return self.process.wait()
+            os.killpg(self.pid, signal.SIGKILL)
+        try:
+            return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        except ChildProcessError:
+            return -signal.SIGKILL
 
     def close(self) -> None:
         for fd in (self.cmd_w, self.evt_r, self.out_r, self.err_r):
             os.close(fd)
+
+
+def serve_in_child(cmd_r: int, evt_w: int, out_w: int, err_w: int) -> None:
+    """In the forked child: a new session, fd 1/2 on the capture pipes, nothing else of the supervisor's open."""
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        for source, target in ((devnull, 0), (out_w, 1), (err_w, 2)):
+            os.dup2(source, target)
+        keep = sorted({cmd_r, evt_w})
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, 65536)
+        worker.main(cmd_r, evt_w, MAX_FRAME)
+    finally:
+        os._exit(0)
 
 
 def oom_kill_count() -> int:
@@ -198,7 +215,7 @@ class Supervisor:
         execution.stop_reason = reason
         execution.kill_at = time.monotonic() + KILL_GRACE_S
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.worker.process.pid, signal.SIGINT)
+            os.kill(self.worker.pid, signal.SIGINT)
 
     def _finish(self, error: Message | None, result: Any, state_reset: bool) -> None:
         if self.execution is None:
@@ -357,17 +374,5 @@ def describe_status(status: int) -> str:
     return f"the interpreter exited with status {status}"
 
 
-def connect(path: str, attempts: int = 100) -> socket.socket:
-    for _ in range(attempts):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError:
-            sock.close()
-            time.sleep(0.05)
-    raise SystemExit(f"mcpx runtime: cannot connect to {path}")
-
-
-def main() -> None:
-    Supervisor(connect(SOCKET_PATH)).serve()
+def main(sock: socket.socket) -> None:
+    Supervisor(sock).serve()

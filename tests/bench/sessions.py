@@ -1,0 +1,250 @@
+"""Session benchmark: the real controller over real HTTP, against `docker run` and `docker exec` in the same run.
+
+Usage: python tests/bench/sessions.py --out .bench/sessions.json   (image from MCPX_IMAGE)
+Prints a table of p50/p95 latencies per runtime and writes every sample, with host metadata, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+
+from controller.api import create_app
+from controller.config import Settings
+
+RUNTIMES = ("runsc", "runc")
+WARMUP = 3
+ROUND_TRIP_WARMUP = 20
+CODE = "print(1)"
+REQUEST_TIMEOUT_S = 60.0
+DOCKER_TIMEOUT_S = 60.0
+SERVER_START_TIMEOUT_S = 60.0
+# Every container the benchmark starts itself carries this label (as the controller's do), so cleanup and
+# `make clean` find them.
+LABEL = "mcpx.controller"
+
+T = TypeVar("T")
+
+
+@dataclass
+class Row:
+    """One measurement on one runtime."""
+
+    measurement: str
+    runtime: str
+    samples_ms: list[float]
+    speedup_vs_docker_exec: float | None = None
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.samples_ms, 50)
+
+    @property
+    def p95_ms(self) -> float:
+        return percentile(self.samples_ms, 95)
+
+
+def percentile(samples: list[float], p: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
+
+
+def timed(action: Callable[[], T], runs: int, warmup: int, after: Callable[[T], object] | None = None) -> list[float]:
+    """Milliseconds of `runs` calls of `action`, after `warmup` untimed ones; `after` gets each result, untimed."""
+    samples = []
+    for _ in range(warmup + runs):
+        started = time.perf_counter()
+        outcome = action()
+        samples.append((time.perf_counter() - started) * 1000)
+        if after is not None:
+            after(outcome)
+    return samples[warmup:]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def live_controller(settings: Settings) -> Iterator[str]:
+    """The controller served by uvicorn in a thread; yields its base URL. Its shutdown deletes every session."""
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the controller did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=SERVER_START_TIMEOUT_S)
+
+
+def docker(*args: str) -> str:
+    """Run the docker CLI; its stdout, stripped. Raises: subprocess.CalledProcessError, subprocess.TimeoutExpired."""
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=DOCKER_TIMEOUT_S, check=True)
+    return done.stdout.strip()
+
+
+def expect_one(output: str) -> None:
+    if output.strip() != "1":
+        raise RuntimeError(f"expected the output 1, got {output!r}")
+
+
+class Bench:
+    """The measurements, against one controller."""
+
+    def __init__(self, api: httpx.Client, image: str, label: str) -> None:
+        self.api = api
+        self.image = image
+        self.label = label
+
+    def create(self, runtime: str) -> str:
+        response = self.api.post("/v1/sessions", json={"runtime": runtime})
+        if response.status_code != 201:
+            raise RuntimeError(f"creating a {runtime} session failed: {response.status_code} {response.text}")
+        return str(response.json()["id"])
+
+    def execute(self, session_id: str) -> str:
+        response = self.api.post(f"/v1/sessions/{session_id}/executions", json={"code": CODE})
+        response.raise_for_status()
+        result = response.json()
+        if result["error"] is not None:
+            raise RuntimeError(f"print(1) failed: {result['error']}")
+        expect_one(result["stdout"])
+        return session_id
+
+    def delete(self, session_id: str) -> None:
+        self.api.delete(f"/v1/sessions/{session_id}").raise_for_status()
+
+    def cold_create(self, runtime: str, runs: int) -> list[float]:
+        return timed(lambda: self.create(runtime), runs, WARMUP, after=self.delete)
+
+    def create_then_execute(self, runtime: str, runs: int) -> list[float]:
+        return timed(lambda: self.execute(self.create(runtime)), runs, WARMUP, after=self.delete)
+
+    def round_trip(self, runtime: str, runs: int) -> list[float]:
+        session_id = self.create(runtime)
+        samples = timed(lambda: self.execute(session_id), runs, ROUND_TRIP_WARMUP)
+        self.delete(session_id)
+        return samples
+
+    def docker_run(self, runtime: str, runs: int) -> list[float]:
+        command = ["run", "--rm", "--runtime", runtime, "--network", "none", "--label", self.label]
+        command += ["--entrypoint", "python3", self.image, "-c", CODE]
+        return timed(lambda: expect_one(docker(*command)), runs, 1)
+
+    def docker_exec(self, runtime: str, runs: int) -> list[float]:
+        container = docker(
+            *("run", "--detach", "--runtime", runtime, "--network", "none", "--label", self.label),
+            *("--entrypoint", "sleep", self.image, "infinity"),
+        )
+        samples = timed(lambda: expect_one(docker("exec", container, "python3", "-c", CODE)), runs, WARMUP)
+        docker("rm", "--force", container)
+        return samples
+
+
+def remove_labelled(label: str) -> None:
+    """Remove every container with the label: sessions the controller could not delete, and the baselines'."""
+    leftovers = docker("ps", "--all", "--quiet", "--filter", f"label={label}").split()
+    if leftovers:
+        docker("rm", "--force", *leftovers)
+
+
+def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int) -> list[Row]:
+    rows = []
+    for runtime in RUNTIMES:
+        round_trip = Row("execution round trip", runtime, bench.round_trip(runtime, round_trips))
+        docker_exec = Row("docker exec python3", runtime, bench.docker_exec(runtime, runs))
+        round_trip.speedup_vs_docker_exec = docker_exec.p50_ms / round_trip.p50_ms
+        rows += [
+            Row("session create", runtime, bench.cold_create(runtime, runs)),
+            Row("create -> first execution", runtime, bench.create_then_execute(runtime, runs)),
+            round_trip,
+            Row("docker run --rm python3", runtime, bench.docker_run(runtime, docker_runs)),
+            docker_exec,
+        ]
+    return rows
+
+
+def metadata(image: str, args: argparse.Namespace) -> dict[str, Any]:
+    image_id, image_size = docker("image", "inspect", "--format", "{{.Id}} {{.Size}}", image).split()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "docker_version": docker("version", "--format", "{{.Server.Version}}"),
+        "image": {"name": image, "id": image_id, "size_bytes": int(image_size)},
+        "runs": {"create": args.runs, "round_trip": args.round_trips, "docker_run": args.docker_runs},
+    }
+
+
+def table(rows: list[Row]) -> str:
+    header = f"{'measurement':<28}{'runtime':<9}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}  speed-up vs docker exec"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        speedup = f"{row.speedup_vs_docker_exec:.1f}x" if row.speedup_vs_docker_exec is not None else ""
+        lines.append(
+            f"{row.measurement:<28}{row.runtime:<9}{len(row.samples_ms):>5}{row.p50_ms:>10.1f}{row.p95_ms:>10.1f}"
+            f"  {speedup}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
+    parser.add_argument("--runs", type=int, default=20, help="session creates and docker execs per runtime")
+    parser.add_argument("--round-trips", type=int, default=200, help="executions in a warm session per runtime")
+    parser.add_argument("--docker-runs", type=int, default=10, help="`docker run` baselines per runtime")
+    args = parser.parse_args()
+    if min(args.runs, args.round_trips, args.docker_runs) < 2:
+        parser.error("every count must be at least 2 (for percentiles)")
+    # A SIGTERM (a CI timeout, `timeout make bench`) unwinds like Ctrl-C, through the cleanup.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+    image = os.environ.get("MCPX_IMAGE", "mcpx-sandbox:latest")
+    controller_id = f"bench{os.getpid()}"
+    info = metadata(image, args)
+    label = f"{LABEL}={controller_id}"
+    with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as state_dir:
+        settings = Settings(state_dir=Path(state_dir), controller_id=controller_id, image=image, port=free_port())
+        try:
+            # Leaving the controller deletes its sessions, including any a failed measurement left behind.
+            with live_controller(settings) as url, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api:
+                rows = measure(Bench(api, image, label), args.runs, args.round_trips, args.docker_runs)
+        finally:
+            remove_labelled(label)
+
+    print(table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = [{**asdict(row), "n": len(row.samples_ms), "p50_ms": row.p50_ms, "p95_ms": row.p95_ms} for row in rows]
+    args.out.write_text(json.dumps({**info, "results": results}, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
