@@ -1,0 +1,168 @@
+"""The controller's end of a session socket, spoken to over a real Unix socket by a hostile peer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+
+from controller.bridge import Bridge, RemoteError
+from controller.errors import BridgeClosed, BridgeTimeout
+
+pytestmark = pytest.mark.anyio
+MAX_FRAME = 1024
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
+    async def on_request(method: str, params: dict[str, Any]) -> Any:
+        if method == "echo":
+            return params
+        raise RemoteError(-32601, f"unknown method {method}")
+
+    bridge = Bridge(tmp_path / "bridge.sock", max_frame=MAX_FRAME, on_request=on_request, label="test")
+    await bridge.start()
+    yield bridge
+    await bridge.close()
+    for peer in Peer.opened:
+        peer.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await peer.writer.wait_closed()
+    Peer.opened.clear()
+
+
+class Peer:
+    """The sandbox side, written by hand so it can misbehave."""
+
+    opened: ClassVar[list[Peer]] = []
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        Peer.opened.append(self)
+
+    @classmethod
+    async def connect(cls, bridge: Bridge) -> Peer:
+        return cls(*await asyncio.open_unix_connection(bridge.path, limit=2**20))
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def receive(self) -> dict[str, Any]:
+        with anyio.fail_after(5):
+            line = await self.reader.readline()
+        assert line, "the bridge closed the connection"
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    async def closed(self) -> bool:
+        with anyio.fail_after(5):
+            return await self.reader.read() == b""
+
+
+async def connected(bridge: Bridge) -> Peer:
+    peer = await Peer.connect(bridge)
+    with anyio.fail_after(5):
+        await bridge.connected.wait()
+    return peer
+
+
+async def test_requests_from_the_sandbox_are_answered(bridge: Bridge):
+    peer = await connected(bridge)
+    await peer.send(b'{"jsonrpc":"2.0","id":7,"method":"echo","params":{"x":1}}\n')
+    assert await peer.receive() == {"jsonrpc": "2.0", "id": 7, "result": {"x": 1}}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"{not json\n", -32700),
+        (b"[1, 2, 3]\n", -32700),
+        (b'"just a string"\n', -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":42}\n', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":"echo","params":[1]}\n', -32600),
+        (b'{"jsonrpc":"2.0","id":1,"method":"rm -rf /"}\n', -32601),
+    ],
+)
+async def test_malformed_frames_get_an_error_and_the_connection_survives(bridge: Bridge, frame: bytes, code: int):
+    peer = await connected(bridge)
+    await peer.send(frame)
+    assert (await peer.receive())["error"]["code"] == code
+    await peer.send(b'{"jsonrpc":"2.0","id":2,"method":"echo","params":{}}\n')
+    assert (await peer.receive())["result"] == {}
+    assert bridge.protocol_errors >= (0 if code == -32601 else 1)
+
+
+async def test_a_frame_over_the_limit_closes_the_connection(bridge: Bridge):
+    peer = await connected(bridge)
+    await peer.send(b'{"pad":"' + b"x" * (MAX_FRAME * 4) + b'"}\n')
+    assert (await peer.receive())["error"]["code"] == -32600
+    assert await peer.closed()
+    assert bridge.protocol_errors == 1
+    replacement = await connected(bridge)
+    await replacement.send(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"ok":true}}\n')
+    assert (await replacement.receive())["result"] == {"ok": True}
+
+
+async def test_a_second_connection_is_refused_while_one_is_live(bridge: Bridge):
+    first = await connected(bridge)
+    intruder = await Peer.connect(bridge)
+    assert await intruder.closed()
+    await first.send(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"still":"served"}}\n')
+    assert (await first.receive())["result"] == {"still": "served"}
+
+
+async def test_a_response_to_an_unknown_id_is_ignored_and_counted(bridge: Bridge):
+    peer = await connected(bridge)
+    await peer.send(b'{"jsonrpc":"2.0","id":999,"result":"forged"}\n')
+    await peer.send(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{}}\n')
+    assert (await peer.receive())["id"] == 1
+    assert bridge.protocol_errors == 1
+
+
+async def test_request_to_the_sandbox_returns_its_result(bridge: Bridge):
+    peer = await connected(bridge)
+
+    async def answer() -> None:
+        request = await peer.receive()
+        assert request["method"] == "ping"
+        await peer.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": {"pong": True}}).encode() + b"\n")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(answer)
+        assert await bridge.request("ping", {}, timeout_s=5) == {"pong": True}
+
+
+async def test_a_sandbox_that_disconnects_mid_request_raises_bridge_closed(bridge: Bridge):
+    peer = await connected(bridge)
+
+    async def vanish() -> None:
+        await peer.receive()
+        peer.writer.close()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(vanish)
+        with pytest.raises(BridgeClosed):
+            await bridge.request("execute", {}, timeout_s=5)
+
+
+async def test_a_silent_sandbox_raises_bridge_timeout(bridge: Bridge):
+    await connected(bridge)
+    with pytest.raises(BridgeTimeout):
+        await bridge.request("execute", {}, timeout_s=0.2)
+
+
+async def test_request_without_a_sandbox_raises_bridge_closed(bridge: Bridge):
+    with pytest.raises(BridgeClosed):
+        await bridge.request("execute", {}, timeout_s=1)
