@@ -10,8 +10,12 @@ BASE ?=
 HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
+# Third-party MCP servers the tests talk to, each in its own environment.
+SERVERS := .servers
+TIME_SERVER := $(SERVERS)/time/bin/mcp-server-time
+EVERYTHING_SERVER := $(SERVERS)/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
 
-.PHONY: help setup venv host image run test bench lint clean
+.PHONY: help setup venv host image test-servers run test bench lint clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,12 +36,23 @@ image: host ## Build the sandbox image when missing or stale (BASE=... to use a 
 
 setup: venv image ## Everything `run` and `test` need
 
+$(TIME_SERVER):
+	$(PYTHON) -m venv $(SERVERS)/time
+	$(SERVERS)/time/bin/pip install --quiet mcp-server-time==2026.10.19
+
+$(EVERYTHING_SERVER):
+	command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	mkdir -p $(SERVERS)/npm
+	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent @modelcontextprotocol/server-everything@2.0.0
+
+test-servers: $(TIME_SERVER) $(EVERYTHING_SERVER) ## Install the third-party MCP servers the tests use
+
 run: setup ## Serve the API on $(HOST):$(PORT)
 	@echo "mcpx: try  curl -s -X POST http://$(HOST):$(PORT)/v1/sessions   then"
 	@echo "       curl -s -X POST http://$(HOST):$(PORT)/v1/sessions/ID/executions -H 'content-type: application/json' -d '{\"code\": \"print(6*7)\"}'"
 	MCPX_IMAGE=$(IMAGE) $(BIN)/mcpx serve --host $(HOST) --port $(PORT)
 
-test: setup ## Run the test suite against the real engine and image
+test: setup test-servers ## Run the test suite against the real engine, image and MCP servers
 	MCPX_TEST_IMAGE=$(IMAGE) $(BIN)/pytest $(PYTEST_ARGS)
 
 bench: setup ## Benchmarks: a table on stdout, JSON in .bench/
@@ -50,4 +65,4 @@ lint: venv ## ruff and strict mypy
 
 clean: ## Remove the venv, caches and this host's mcpx containers
 	-docker ps -aq --filter label=mcpx.controller | xargs -r docker rm -f
-	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVERS) .bench .pytest_cache .mypy_cache .ruff_cache

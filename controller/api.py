@@ -6,14 +6,17 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, Request, Response
+from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.config import Limits, Settings
+from controller import discovery, stubgen
+from controller.catalog import Catalog
+from controller.config import Limits, Settings, secrets_of
 from controller.errors import (
     GVisorRequired,
     MCPXError,
@@ -21,6 +24,8 @@ from controller.errors import (
     SandboxError,
     SessionLimitReached,
     SessionNotFound,
+    ToolNotFound,
+    UnknownServers,
 )
 from controller.runtime import DockerBackend, SandboxBackend
 from controller.sessions import ExecutionResult, Session, SessionManager
@@ -40,12 +45,16 @@ class SessionRequest(BaseModel):
     runtime: Literal["runsc", "runc"] | None = Field(
         default=None, description="Container runtime; default: runsc when Docker has it (see require_gvisor)."
     )
+    servers: list[str] | None = Field(
+        default=None, description="The MCP servers the session's code may call; default: all configured ones."
+    )
 
 
 class SessionInfo(BaseModel):
     id: str
     runtime: Literal["runsc", "runc"]
     created_at: datetime
+    servers: list[str] | None
     state: Literal["ready", "busy", "restarting"]
     limits: Limits
     executions: int
@@ -58,6 +67,40 @@ class ExecutionRequest(BaseModel):
 
     code: str = Field(description="Python source; the value of a trailing expression is returned.")
     timeout_s: float | None = Field(default=None, gt=0, description="Time limit; default: the session's.")
+
+
+class ToolSummary(BaseModel):
+    name: str
+    description: str
+
+
+class ServerListing(BaseModel):
+    name: str
+    description: str
+    state: str
+    tools: list[ToolSummary]
+
+
+class ToolListing(BaseModel):
+    """Every reachable server with one line per tool; `unavailable` lists configured servers with no tools."""
+
+    digest: str
+    servers: list[ServerListing]
+    unavailable: list[dict[str, Any]]
+
+
+class ToolDetail(BaseModel):
+    """One tool: its stub (what sandbox code imports) and its schemas."""
+
+    server: str
+    tool: str
+    description: str
+    path: str
+    signature: str
+    source: str
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None
+    annotations: dict[str, Any]
 
 
 class Problem(BaseModel):
@@ -77,7 +120,9 @@ class BadRequest(MCPXError):
 
 ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (SessionNotFound, 404, "session_not_found"),
+    (ToolNotFound, 404, "tool_not_found"),
     (SessionLimitReached, 429, "session_limit_reached"),
+    (UnknownServers, 422, "unknown_servers"),
     (GVisorRequired, 503, "gvisor_required"),
     (RuntimeUnavailable, 503, "runtime_unavailable"),
     (SandboxError, 502, "sandbox_failed"),
@@ -124,6 +169,7 @@ def session_info(session: Session, now: float) -> SessionInfo:
         id=session.id,
         runtime="runsc" if session.runtime == "runsc" else "runc",
         created_at=session.created_at,
+        servers=sorted(session.servers) if session.servers is not None else None,
         state="busy" if session.busy else ("ready" if session.bridge.is_connected else "restarting"),
         limits=session.limits,
         executions=session.executions,
@@ -133,16 +179,29 @@ def session_info(session: Session, now: float) -> SessionInfo:
 
 
 def create_app(settings: Settings, backend: SandboxBackend | None = None) -> FastAPI:
-    """The ASGI app; its lifespan starts the session manager (reconciling leftovers) and drains it at shutdown."""
-    manager = SessionManager(settings, backend or DockerBackend(settings.docker_host))
+    """The ASGI app; its lifespan connects the MCP servers, starts the session manager (reconciling leftovers),
+    and drains both at shutdown.
+
+    Raises:
+        ConfigError: the server config is invalid.
+    """
+    servers = settings.servers()
+    catalog = Catalog(servers)
+    manager = SessionManager(
+        settings, backend or DockerBackend(settings.docker_host), catalog, frozenset(secrets_of(servers))
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await manager.start()
+        await catalog.start(settings.connect_timeout_s)
         try:
-            yield
+            await manager.start()
+            try:
+                yield
+            finally:
+                await manager.close()
         finally:
-            await manager.close()
+            await catalog.close()
 
     app = FastAPI(title="mcpx", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
@@ -160,15 +219,17 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
 
     @app.get("/readyz", tags=["health"], responses={503: {"model": Problem}})
     async def readyz() -> JSONResponse:
+        servers = [asdict(status) for status in catalog.statuses()]
         if await manager.backend.ready(settings.image):
-            return JSONResponse({"status": "ready", "runtime": manager.runtime})
+            return JSONResponse({"status": "ready", "runtime": manager.runtime, "servers": servers})
         detail = f"Docker is unreachable or the image {settings.image} is missing"
-        return JSONResponse({"error": "not_ready", "detail": detail}, status_code=503)
+        return JSONResponse({"error": "not_ready", "detail": detail, "servers": servers}, status_code=503)
 
     @app.post("/v1/sessions", status_code=201, tags=["sessions"], responses=error_responses)
     async def create_session(request: Annotated[SessionRequest | None, Body()] = None) -> SessionInfo:
         request = request or SessionRequest()
-        session = await manager.create(resolve_limits(settings, request), request.runtime)
+        servers = frozenset(request.servers) if request.servers is not None else None
+        session = await manager.create(resolve_limits(settings, request), request.runtime, servers)
         return session_info(session, session.last_used)
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"], responses=error_responses)
@@ -187,5 +248,44 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
         if request.timeout_s is not None and request.timeout_s > settings.max_timeout_s:
             raise BadRequest(f"timeout_s must be at most {settings.max_timeout_s}")
         return await manager.execute(session_id, request.code, request.timeout_s)
+
+    @app.get("/v1/tools", tags=["tools"])
+    async def list_tools() -> ToolListing:
+        snapshot = catalog.snapshot
+        statuses = {status.name: status for status in catalog.statuses()}
+        return ToolListing(
+            digest=snapshot.digest,
+            servers=[
+                ServerListing(**entry, state=statuses[entry["name"]].state) for entry in discovery.listing(snapshot)
+            ],
+            unavailable=[asdict(s) for s in statuses.values() if snapshot.server(s.name) is None],
+        )
+
+    @app.get("/v1/tools/search", tags=["tools"])
+    async def search_tools(
+        q: str = "",
+        detail: Literal["name", "description", "full"] = "description",
+        limit: int = Query(10, ge=1, le=100),
+    ) -> list[dict[str, Any]]:
+        return discovery.search(catalog.snapshot, q, detail, limit)
+
+    @app.get("/v1/tools/{server}/{tool}", tags=["tools"], responses={404: {"model": Problem}})
+    async def get_tool(server: str, tool: str) -> ToolDetail:
+        snapshot = catalog.snapshot
+        info = snapshot.tool(server, tool)
+        if info is None:
+            raise ToolNotFound(server, tool)
+        path = stubgen.stub_path(snapshot, server, tool)
+        return ToolDetail(
+            server=server,
+            tool=tool,
+            description=info.description,
+            path=path,
+            signature=stubgen.signature(snapshot, server, tool),
+            source=(await manager.stubs_for(snapshot) / path).read_text(),
+            input_schema=info.input_schema,
+            output_schema=info.output_schema,
+            annotations=info.annotations,
+        )
 
     return app

@@ -1,11 +1,38 @@
-"""The catalog: what the configured MCP servers offer, as an immutable, hashable snapshot."""
+"""The catalog: one MCP client per configured server, and what they offer as an immutable, hashable snapshot.
+
+Each server has a task that keeps its connection open (stdio or streamable HTTP), lists its tools page by page,
+follows `tools/list_changed` (as a notification on 2025-era connections, through `subscriptions/listen` on
+2026-07-28 ones), and reconnects with backoff when the server dies. This is the one module that imports the MCP
+client; its errors are mapped here to `ToolOutcome`s.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import anyio
+import httpx2
+import pydantic
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import Implementation, ToolListChangedNotification
+
+from controller.config import HttpServer, StdioServer
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_CLOSED, REQUEST_TIMEOUT = -32000, -32001
+MODERN_PROTOCOL = "2026-07-28"
+CLIENT_INFO = Implementation(name="mcpx", version="0.1.0")
+MAX_TOOL_PAGES = 100
 
 
 @dataclass(frozen=True)
@@ -66,3 +93,254 @@ class CatalogSnapshot:
         if servers is None:
             return self
         return CatalogSnapshot(tuple(server for server in self.servers if server.name in servers))
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    """A tool's answer as sandbox code receives it: a JSON value, or the server's error message."""
+
+    value: Any
+    error: str | None = None
+    kind: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """Whether a configured server is usable, for /readyz and the catalog."""
+
+    name: str
+    state: str
+    tools: int
+    error: str | None = None
+    protocol: str | None = None
+
+
+def plain_value(result: dict[str, Any]) -> Any:
+    """A CallToolResult (wire dict) as a plain value: structured content when present, else its content blocks.
+
+    Text that is a JSON document is parsed; binary content becomes a described placeholder.
+    """
+    if result.get("structuredContent") is not None:
+        return result["structuredContent"]
+    values = [block_value(block) for block in result.get("content") or []]
+    return values[0] if len(values) == 1 else values
+
+
+def block_value(block: dict[str, Any]) -> Any:
+    kind = block.get("type")
+    if kind == "text":
+        text = str(block.get("text", ""))
+        if text[:1] in ("{", "["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                pass
+        return text
+    if kind in ("image", "audio"):
+        data = str(block.get("data", ""))
+        return f"[{kind}: {block.get('mimeType', 'unknown type')}, {len(data) * 3 // 4} bytes, not shown]"
+    if kind == "resource":
+        resource = block.get("resource") or {}
+        if "text" in resource:
+            return resource["text"]
+        return f"[resource {resource.get('uri', '?')}: {resource.get('mimeType', 'binary')}, not shown]"
+    if kind == "resource_link":
+        return f"[resource link {block.get('uri', '?')}: {block.get('name', '')}]"
+    return f"[{kind} content, not shown]"
+
+
+class ServerConnection:
+    """One upstream server: a task keeps a `Client` open and reconnects with backoff when it fails."""
+
+    def __init__(self, name: str, config: StdioServer | HttpServer, on_change: Callable[[], None]) -> None:
+        self.name = name
+        self.config = config
+        self.tools: tuple[ToolInfo, ...] = ()
+        self.description = config.description or ""
+        self.state = "connecting"
+        self.error: str | None = None
+        self.protocol: str | None = None
+        self.ready = asyncio.Event()
+        self.settled = asyncio.Event()  # set once the first connection attempt succeeded or failed
+        self._on_change = on_change
+        self._client: Client | None = None
+        self._lost = asyncio.Event()
+        self._refresh_wanted = asyncio.Event()
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(self.name, self.state, len(self.tools), self.error, self.protocol)
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect; until cancelled."""
+        delay = 0.5
+        while True:
+            try:
+                await self._serve_one_connection()
+                delay = 0.5
+            except Exception as exc:  # noqa: BLE001 - any failure of a server is its state, not ours
+                cause: BaseException = exc
+                while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+                    cause = cause.exceptions[0]  # the SDK's task groups wrap the one failure that matters
+                self.error = f"{type(cause).__name__}: {cause}"[:500]
+                logger.warning("MCP server %s failed: %s", self.name, self.error)
+            self.state = "reconnecting" if self.tools else "failed"
+            self.settled.set()
+            self._on_change()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _serve_one_connection(self) -> None:
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(self._client_for(stack))
+            self.protocol = client.protocol_version
+            if not self.config.description:
+                info = client.server_info
+                self.description = (client.instructions or (info.title or info.name if info else "") or "").strip()
+            await self._list_tools(client)
+            self._client, self.state, self.error = client, "ready", None
+            self._lost.clear()
+            self.ready.set()
+            self.settled.set()
+            self._on_change()
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tools_capability = client.server_capabilities.tools
+                    if self.protocol >= MODERN_PROTOCOL and tools_capability and tools_capability.list_changed:
+                        tasks.start_soon(self._listen, client)
+                    tasks.start_soon(self._refresh_on_demand, client)
+                    await self._lost.wait()
+                    tasks.cancel_scope.cancel()
+            finally:
+                self._client = None
+                self.ready.clear()
+
+    def _client_for(self, stack: AsyncExitStack) -> Client:
+        config = self.config
+        if isinstance(config, StdioServer):
+            parameters = StdioServerParameters(
+                command=config.command, args=list(config.args), env=config.env or None, cwd=config.cwd
+            )
+            return Client(parameters, message_handler=self._on_message, client_info=CLIENT_INFO, cache=None)
+        http = httpx2.AsyncClient(headers=config.headers, timeout=httpx2.Timeout(config.timeout_s, read=None))
+        stack.push_async_callback(http.aclose)
+        transport = streamable_http_client(config.url, http_client=http)
+        return Client(transport, message_handler=self._on_message, client_info=CLIENT_INFO, cache=None)
+
+    async def _list_tools(self, client: Client) -> None:
+        tools: list[ToolInfo] = []
+        cursor: str | None = None
+        for _ in range(MAX_TOOL_PAGES):
+            page = await client.list_tools(cursor=cursor)
+            for tool in page.tools:
+                annotations = tool.annotations.model_dump(by_alias=True, exclude_none=True) if tool.annotations else {}
+                tools.append(
+                    ToolInfo(
+                        server=self.name,
+                        name=tool.name,
+                        description=tool.description or "",
+                        title=tool.title,
+                        input_schema=dict(tool.input_schema),
+                        output_schema=dict(tool.output_schema) if tool.output_schema is not None else None,
+                        annotations=annotations,
+                    )
+                )
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        self.tools = tuple(sorted({tool.name: tool for tool in tools}.values(), key=lambda tool: tool.name))
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            self._refresh_wanted.set()
+
+    async def _listen(self, client: Client) -> None:
+        """2026-07-28 servers announce changes only to a `subscriptions/listen` stream; not all offer one."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    self._refresh_wanted.set()
+        except MCPError as exc:
+            logger.info("MCP server %s offers no change subscription (%s)", self.name, exc.message)
+
+    async def _refresh_on_demand(self, client: Client) -> None:
+        while True:
+            await self._refresh_wanted.wait()
+            self._refresh_wanted.clear()
+            await self._list_tools(client)
+            logger.info("MCP server %s changed its tools (%d now)", self.name, len(self.tools))
+            self._on_change()
+
+    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float) -> ToolOutcome:
+        """Call a tool; every failure is an outcome with a message, never an exception."""
+        if self.state != "failed":  # a reconnect is under way: give it a moment before failing the call
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(timeout_s, 10.0)):
+                    await self.ready.wait()
+        client = self._client
+        if client is None:
+            return ToolOutcome(None, f"server {self.name!r} is unavailable: {self.error or self.state}", "unavailable")
+        try:
+            with anyio.fail_after(timeout_s):
+                result = await client.call_tool(tool, arguments)
+        except TimeoutError:
+            return ToolOutcome(None, f"{self.name}.{tool} timed out after {timeout_s:g} s", "timeout")
+        except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:
+                if self._client is client:
+                    self._client = None
+                    self.ready.clear()
+                    self._lost.set()
+                return ToolOutcome(None, f"server {self.name!r} closed the connection during the call", "unavailable")
+            kind = "timeout" if exc.code == REQUEST_TIMEOUT else "server_error"
+            return ToolOutcome(None, f"{self.name}.{tool} failed: {exc.message}", kind)
+        except (RuntimeError, pydantic.ValidationError) as exc:
+            # The SDK raises these when a result breaks its own outputSchema or the protocol.
+            return ToolOutcome(None, f"{self.name}.{tool} returned an invalid result: {exc}"[:2000], "invalid_result")
+        wire = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        size = len(json.dumps(wire, ensure_ascii=False).encode())
+        if result.is_error:
+            message = " ".join(str(block_value(block)) for block in wire.get("content") or [])
+            return ToolOutcome(None, message or f"{self.name}.{tool} reported an error", "tool_error", size)
+        return ToolOutcome(plain_value(wire), size=size)
+
+
+class Catalog:
+    """Every configured server's connection, and the snapshot of their tools."""
+
+    def __init__(self, servers: Mapping[str, StdioServer | HttpServer]) -> None:
+        self.connections = {name: ServerConnection(name, config, self._changed) for name, config in servers.items()}
+        self.snapshot = CatalogSnapshot()
+        self.listeners: list[Callable[[CatalogSnapshot], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, wait_s: float) -> None:
+        """Start every connection; wait up to `wait_s` for them (a slow or broken server does not block the rest)."""
+        self._tasks = [asyncio.create_task(c.run(), name=f"mcp:{n}") for n, c in self.connections.items()]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await asyncio.gather(*(c.settled.wait() for c in self.connections.values()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def statuses(self) -> list[ServerStatus]:
+        return [connection.status() for connection in self.connections.values()]
+
+    async def call(self, server: str, tool: str, arguments: dict[str, Any]) -> ToolOutcome:
+        connection = self.connections[server]
+        return await connection.call(tool, arguments, connection.config.timeout_s)
+
+    def _changed(self) -> None:
+        servers = tuple(
+            ServerInfo(name, connection.description, connection.tools)
+            for name, connection in sorted(self.connections.items())
+            if connection.tools
+        )
+        snapshot = CatalogSnapshot(servers)
+        if snapshot.digest != self.snapshot.digest:
+            self.snapshot = snapshot
+            for listener in self.listeners:
+                listener(snapshot)

@@ -2,10 +2,125 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from controller.errors import ConfigError
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class StdioServer(BaseModel):
+    """An MCP server the controller starts as a subprocess and talks to over stdin/stdout."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: str = Field(min_length=1)
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    description: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class HttpServer(BaseModel):
+    """An MCP server reached over streamable HTTP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+def _transport(entry: Any) -> str | None:
+    if isinstance(entry, Mapping):
+        return "stdio" if "command" in entry else "http" if "url" in entry else None
+    return None
+
+
+ServerConfig = Annotated[
+    Annotated[StdioServer, Tag("stdio")] | Annotated[HttpServer, Tag("http")],
+    Discriminator(_transport, custom_error_type="server", custom_error_message="needs `command` or `url`"),
+]
+ServerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+_SERVERS = TypeAdapter(dict[ServerName, ServerConfig])
+
+
+def expand(value: Any, environ: Mapping[str, str], where: str) -> Any:
+    """Replace `${VAR}` in every string of a config value.
+
+    Raises:
+        ConfigError: a variable is not set.
+    """
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            return environ[name]
+
+        return VARIABLE.sub(lookup, value)
+    if isinstance(value, list):
+        return [expand(item, environ, where) for item in value]
+    if isinstance(value, dict):
+        return {key: expand(item, environ, f"{where}.{key}") for key, item in value.items()}
+    return value
+
+
+def parse_servers(document: Any, environ: Mapping[str, str]) -> dict[str, StdioServer | HttpServer]:
+    """Validate an `{"mcpServers": {...}}` document, expanding `${VAR}` from `environ`.
+
+    Raises:
+        ConfigError: naming the server and the field at fault.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
+        raise ConfigError('the server config must be a JSON object with an "mcpServers" object')
+    entries = {name: expand(entry, environ, f"server {name!r}") for name, entry in document["mcpServers"].items()}
+    try:
+        return _SERVERS.validate_python(entries)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name, *field = [str(part) for part in error["loc"] if part not in ("stdio", "http")]
+            at = f" field {'.'.join(field)!r}" if field else ""
+            problems.append(f"server {name!r}{at}: {error['msg']}")
+        raise ConfigError("invalid server config: " + "; ".join(problems)) from None
+
+
+def load_servers(path: Path, environ: Mapping[str, str]) -> dict[str, StdioServer | HttpServer]:
+    """Read an mcpServers JSON file. Raises: ConfigError."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the server config {path}: {exc}") from exc
+    return parse_servers(document, environ)
+
+
+def demo_servers() -> dict[str, StdioServer | HttpServer]:
+    """The built-in demo servers: what `make run` serves when no config is given."""
+    return {
+        "docstore": StdioServer(command=sys.executable, args=("-m", "controller.demo.docstore")),
+        "crm": StdioServer(command=sys.executable, args=("-m", "controller.demo.crm")),
+    }
+
+
+def secrets_of(servers: Mapping[str, StdioServer | HttpServer]) -> set[str]:
+    """The credential values a config hands to servers (env and header values); none may reach a sandbox."""
+    values: set[str] = set()
+    for server in servers.values():
+        values.update((server.env if isinstance(server, StdioServer) else server.headers).values())
+    return {value for value in values if len(value) >= 4}
 
 
 class Limits(BaseModel):
@@ -74,3 +189,13 @@ class Settings(BaseSettings):
     """Size cap of a session's workspace (a loop-mounted ext4 file when the host allows, else unenforced)."""
     reap_interval_s: float = 5.0
     """How often idle sessions are looked for."""
+    servers_file: Path | None = None
+    """The mcpServers JSON file (`mcpx serve --config`); without one, the built-in demo servers run."""
+    connect_timeout_s: float = 30.0
+    """How long the controller waits at start for MCP servers before serving without the slow ones."""
+
+    def servers(self, environ: Mapping[str, str] | None = None) -> dict[str, StdioServer | HttpServer]:
+        """The configured MCP servers. Raises: ConfigError."""
+        if self.servers_file is None:
+            return demo_servers()
+        return load_servers(self.servers_file, os.environ if environ is None else environ)

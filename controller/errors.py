@@ -26,6 +26,14 @@ class ConfigError(MCPXError):
     """Invalid settings or server configuration."""
 
 
+class ToolNotFound(MCPXError):
+    """The catalog has no such tool."""
+
+    def __init__(self, server: str, tool: str) -> None:
+        super().__init__(f"no tool {tool!r} on server {server!r}")
+        self.server, self.tool = server, tool
+
+
 class RuntimeUnavailable(MCPXError):
     """The container engine is unreachable, or the sandbox image is missing."""
 
@@ -89,3 +97,11 @@ class SessionLimitReached(SessionError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the controller runs its maximum of {limit} sessions")
         self.limit = limit
+
+
+class UnknownServers(SessionError):
+    """A session asked for servers that are not configured."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"unknown servers: {', '.join(names)}")
+        self.names = names

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import shutil
@@ -18,9 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
-from controller.bridge import Bridge, RemoteError
+from controller import discovery, stubgen
+from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
+from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import Limits, Settings
 from controller.errors import (
     BridgeClosed,
@@ -30,13 +34,17 @@ from controller.errors import (
     SandboxStartTimeout,
     SessionLimitReached,
     SessionNotFound,
+    UnknownServers,
 )
+from controller.policy import PolicyRefusal, check_call, redact
 from controller.runtime import SANDBOX_USER, SOCKET_MOUNT, SandboxBackend, SandboxSpec, choose_runtime
 from controller.workspaces import Workspaces
 
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "bridge.sock"
+TOOL_ERROR = -32010
+DETAILS: dict[str, discovery.Detail] = {"name": "name", "description": "description", "full": "full"}
 # How long past its own timeout (and kill grace) an execution may take before the sandbox is presumed hung.
 HUNG_MARGIN_S = 5.0
 OutputListener = Callable[[str, str], None]
@@ -51,6 +59,16 @@ class ExecutionError(BaseModel):
     traceback: str = ""
 
 
+class ToolCall(BaseModel):
+    """One tool call made by an execution's code."""
+
+    server: str
+    tool: str
+    ok: bool
+    ms: float
+    bytes: int
+
+
 class ExecutionResult(BaseModel):
     """The outcome of running one piece of code; a failure of the code is data here, not an exception."""
 
@@ -60,6 +78,7 @@ class ExecutionResult(BaseModel):
     error: ExecutionError | None = None
     duration_ms: float = 0.0
     state_reset: bool = False
+    tool_calls: list[ToolCall] = []
 
 
 def failure(kind: Literal["timeout", "oom", "crash"], message: str, started: float) -> ExecutionResult:
@@ -85,12 +104,15 @@ class Session:
     directory: Path
     bridge: Bridge
     created_at: datetime
+    servers: frozenset[str] | None
+    tools_dir: Path
     container_id: str | None = None
     last_used: float = field(default_factory=time.monotonic)
     executions: int = 0
     restarts: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     listener: OutputListener | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     @property
     def socket_dir(self) -> Path:
@@ -113,9 +135,12 @@ class Session:
 class SessionManager:
     """Creates, runs, restarts and reaps sessions. Call `start()` before use and `close()` at shutdown."""
 
-    def __init__(self, settings: Settings, backend: SandboxBackend) -> None:
+    def __init__(self, settings: Settings, backend: SandboxBackend, catalog: Catalog, secrets: frozenset[str]) -> None:
         self.settings = settings
         self.backend = backend
+        self.catalog = catalog
+        self.secrets = secrets
+        self._trees: dict[str, Path] = {}
         self.sessions: dict[str, Session] = {}
         uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
         self.workspaces = Workspaces(settings.workspace_size_mb, uid, gid)
@@ -127,6 +152,20 @@ class SessionManager:
     def sessions_dir(self) -> Path:
         return self.settings.state_dir / "sessions"
 
+    @property
+    def stubs_dir(self) -> Path:
+        return self.settings.state_dir / "stubs"
+
+    async def stubs_for(self, view: CatalogSnapshot) -> Path:
+        """The read-only stubs tree of a catalog view, rendered once per content hash (in a thread: a large
+        catalog takes about a second)."""
+        tree = self._trees.get(view.digest)
+        if tree is None:
+            files = await anyio.to_thread.run_sync(stubgen.render, view)
+            tree = await anyio.to_thread.run_sync(stubgen.write_tree, files, self.stubs_dir, view.digest)
+            self._trees[view.digest] = tree
+        return tree
+
     async def start(self) -> None:
         """Remove what an earlier run of this controller left behind, pick the runtime, start the reaper."""
         removed = await self.backend.remove_owned(self.settings.controller_id)
@@ -135,8 +174,10 @@ class SessionManager:
         if self.sessions_dir.exists():
             await self.workspaces.remove_all(self.sessions_dir)
             shutil.rmtree(self.sessions_dir, ignore_errors=True)
+        shutil.rmtree(self.stubs_dir, ignore_errors=True)
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.chmod(0o711)
+        self.stubs_dir.mkdir(mode=0o755, exist_ok=True)
         self.runtimes = await self.backend.runtimes()
         self.runtime = choose_runtime(self.runtimes, self.settings.runtime, self.settings.require_gvisor)
         self._reaper = asyncio.create_task(self._reap_forever())
@@ -155,11 +196,15 @@ class SessionManager:
         except KeyError:
             raise SessionNotFound(session_id) from None
 
-    async def create(self, limits: Limits, runtime: str | None = None) -> Session:
-        """Start a session with its own sandbox, on `runtime` or the controller's default one.
+    async def create(
+        self, limits: Limits, runtime: str | None = None, servers: frozenset[str] | None = None
+    ) -> Session:
+        """Start a session with its own sandbox, on `runtime` or the controller's default one, allowed to call
+        the tools of `servers` (None: every configured server).
 
         Raises:
             SessionLimitReached: too many sessions.
+            UnknownServers: the allowlist names a server that is not configured.
             GVisorRequired: a runtime other than runsc was asked for under `require_gvisor`.
             SandboxError, RuntimeUnavailable: the sandbox could not be started.
         """
@@ -168,11 +213,16 @@ class SessionManager:
         runtime = (
             self.runtime if runtime is None else choose_runtime(self.runtimes, runtime, self.settings.require_gvisor)
         )
+        unknown = sorted((servers or frozenset()) - set(self.catalog.connections))
+        if unknown:
+            raise UnknownServers(unknown)
+        tools_dir = await self.stubs_for(self.catalog.snapshot.only(servers))
         session_id = secrets.token_hex(8)
         directory = self.sessions_dir / session_id
         bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
-        session = Session(session_id, limits, runtime, directory, bridge, datetime.now(UTC))
+        session = Session(session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir)
         bridge.on_notification = session.on_notification
+        bridge.on_request = functools.partial(self._on_sandbox_request, session)
         self.sessions[session_id] = session
         try:
             session.directory.mkdir(mode=0o711)
@@ -213,8 +263,11 @@ class SessionManager:
             session.last_used = time.monotonic()
             session.executions += 1
             session.listener = listener
+            session.tool_calls = []
             try:
-                return await self._execute(session, code, timeout)
+                result = await self._execute(session, code, timeout)
+                result.tool_calls = list(session.tool_calls)
+                return result
             finally:
                 session.listener = None
                 session.last_used = time.monotonic()
@@ -277,6 +330,7 @@ class SessionManager:
             tmp_size_mb=self.settings.tmp_size_mb,
             socket_dir=session.socket_dir,
             workspace_dir=session.workspace_dir,
+            tools_dir=session.tools_dir,
             created=session.created_at,
             environment=self._runtime_environment(),
         )
@@ -293,6 +347,32 @@ class SessionManager:
                 raise SandboxError("the sandbox exited before connecting", session_id=session.id, logs=logs)
             if time.monotonic() > deadline:
                 raise SandboxStartTimeout("the sandbox did not connect in time", session_id=session.id)
+
+    async def _on_sandbox_request(self, session: Session, method: str, params: dict[str, Any]) -> Any:
+        """Requests from sandbox code: tool calls (through policy) and tool search. Raises: RemoteError."""
+        if method == "tools/search":
+            view = self.catalog.snapshot.only(session.servers)
+            detail = DETAILS.get(str(params.get("detail")), "description")
+            limit = params["limit"] if isinstance(params.get("limit"), int) else 10
+            return discovery.search(view, str(params.get("query", "")), detail, min(limit, 100))
+        if method != "tools/call":
+            raise RemoteError(METHOD_NOT_FOUND, f"unknown method {method!r}")
+        server, tool = params.get("server"), params.get("tool")
+        where = {"server": str(server), "tool": str(tool)}
+        try:
+            info = check_call(self.catalog.snapshot, session.servers, server, tool, params.get("arguments"))
+        except PolicyRefusal as refusal:
+            logger.info("session %s: tool call refused: %s", session.id, refusal)
+            raise RemoteError(TOOL_ERROR, str(refusal), {"kind": refusal.kind, **where}) from None
+        started = time.monotonic()
+        outcome = await self.catalog.call(info.server, info.name, params["arguments"])
+        elapsed = round((time.monotonic() - started) * 1000, 3)
+        session.tool_calls.append(
+            ToolCall(server=info.server, tool=info.name, ok=outcome.error is None, ms=elapsed, bytes=outcome.size)
+        )
+        if outcome.error is not None:
+            raise RemoteError(TOOL_ERROR, redact(outcome.error, self.secrets), {"kind": outcome.kind, **where})
+        return redact(outcome.value, self.secrets)
 
     def _runtime_environment(self) -> dict[str, str]:
         """The sandbox runtime's knobs; nothing secret ever goes here."""

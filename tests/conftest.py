@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +23,12 @@ from controller.config import Limits, Settings
 
 IMAGE = os.environ.get("MCPX_TEST_IMAGE", "mcpx-sandbox:latest")
 PIDS_LIMIT = 128
+ROOT = Path(__file__).resolve().parents[1]
+SERVERS = ROOT / ".servers"
+TIME_SERVER = SERVERS / "time" / "bin" / "mcp-server-time"
+EVERYTHING = SERVERS / "npm" / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+TS_SDK = SERVERS / "npm" / "node_modules" / "@modelcontextprotocol" / "sdk" / "dist" / "esm"
+SECRET = "sk-test-7c1f0e9b2d4a"
 
 
 def free_port() -> int:
@@ -78,9 +87,70 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    def accepting() -> bool:
+        assert process.poll() is None, "the server exited"
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(accepting, 30, f"a server on port {port}")
+
+
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return make_settings(tmp_path_factory.mktemp("state"))
+def everything_http() -> Iterator[str]:
+    """server-everything over streamable HTTP, on a free loopback port."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port)}
+    process = subprocess.Popen(["node", str(EVERYTHING), "streamableHttp"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def hostile_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    log = tmp_path_factory.mktemp("hostile") / "calls.log"
+    log.touch()
+    return log
+
+
+@pytest.fixture(scope="session")
+def servers_file(tmp_path_factory: pytest.TempPathFactory, everything_http: str, hostile_log: Path) -> Iterator[Path]:
+    """The test config: real third-party servers over stdio and HTTP, ours (demo, hostile, changing), and a
+    credential that reaches servers through `${VAR}` expansion."""
+    config = {
+        "mcpServers": {
+            "time": {"command": str(TIME_SERVER)},
+            "everything": {"command": "node", "args": [str(EVERYTHING), "stdio"]},
+            "everything_http": {"url": everything_http, "headers": {"Authorization": "Bearer ${MCPX_TEST_SECRET}"}},
+            "hostile": {
+                "command": sys.executable,
+                "args": ["-m", "tests.servers.hostile"],
+                "cwd": str(ROOT),
+                "env": {"SECRET_TOKEN": "${MCPX_TEST_SECRET}", "HOSTILE_LOG": str(hostile_log)},
+            },
+            "changing": {
+                "command": "node",
+                "args": [str(ROOT / "tests" / "servers" / "changing.mjs")],
+                "env": {"MCP_SDK": str(TS_SDK)},
+            },
+            "docstore": {"command": sys.executable, "args": ["-m", "controller.demo.docstore"], "cwd": str(ROOT)},
+            "crm": {"command": sys.executable, "args": ["-m", "controller.demo.crm"], "cwd": str(ROOT)},
+        }
+    }
+    path = tmp_path_factory.mktemp("config") / "servers.json"
+    path.write_text(json.dumps(config))
+    os.environ["MCPX_TEST_SECRET"] = SECRET
+    yield path
+    del os.environ["MCPX_TEST_SECRET"]
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory, servers_file: Path) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("state"), servers_file=servers_file)
 
 
 @pytest.fixture(scope="session")

@@ -134,6 +134,7 @@ def test_a_container_missing_any_hardening_flag_is_refused(
         pids_limit=settings.pids_limit,
         socket_dir=directory / "socket",
         workspace_dir=directory / "workspace",
+        tools_dir=Path(next(m["Source"] for m in attrs["HostConfig"]["Mounts"] if m["Target"] == "/tools")),
     )
     assert hardening_violations(attrs, live_spec) == []
     broken = copy.deepcopy(attrs)

@@ -20,9 +20,11 @@ import signal
 import sys
 import threading
 import traceback
+from concurrent.futures import Future
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
+from mcpx_runtime import tools
 from mcpx_runtime.wire import LineReader, Message, encode
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ class Channel:
         self._evt = os.fdopen(evt_fd, "wb", buffering=0)
         self._lock = threading.Lock()
         self._reader = LineReader(limit)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Future[Any]] = {}
         self.commands: queue.Queue[Message | None] = queue.Queue()
 
     def send(self, message: Message) -> None:
@@ -47,16 +51,35 @@ class Channel:
         with self._lock:
             self._evt.write(data)
 
+    def request(self, method: str, params: dict[str, Any]) -> Future[Any]:
+        """Send a request to the controller (through the supervisor); the reader thread resolves the future."""
+        future: Future[Any] = Future()
+        request_id = next(self._ids)
+        self._pending[request_id] = future
+        try:
+            self.send({"type": "call", "id": request_id, "method": method, "params": params})
+        except BaseException:
+            del self._pending[request_id]
+            raise
+        return future
+
     def read_forever(self) -> None:
-        """Reader thread: queue every command; EOF means the supervisor is gone."""
+        """Reader thread: queue commands, resolve replies; EOF means the supervisor is gone."""
         while True:
             data = os.read(self._cmd_fd, 65536)
             if not data:
                 self.commands.put(None)
                 return
             for message in self._reader.feed(data):
-                if message is not None:
+                if message is None:
+                    continue
+                if message.get("type") != "reply":
                     self.commands.put(message)
+                elif (future := self._pending.pop(message.get("id"), None)) is not None:  # type: ignore[arg-type]
+                    if message.get("error") is not None:
+                        future.set_exception(tools.error_from_reply(message["error"]))
+                    else:
+                        future.set_result(message.get("result"))
 
 
 class Interpreter:
@@ -182,6 +205,7 @@ def main(cmd_fd: int, evt_fd: int, limit: int) -> None:
     for fd in (cmd_fd, evt_fd):
         os.set_inheritable(fd, False)  # programs the cell starts must not hold the supervisor's pipes open
     channel = Channel(cmd_fd, evt_fd, limit)
+    tools.connect(channel.request)
     interpreter = Interpreter()
     threading.Thread(target=channel.read_forever, name="mcpx-commands", daemon=True).start()
     channel.send({"type": "ready", "pid": os.getpid()})

@@ -191,14 +191,15 @@ def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int) -> list
     return rows
 
 
-def metadata(image: str, args: argparse.Namespace) -> dict[str, Any]:
+def metadata(image: str, runs: dict[str, int]) -> dict[str, Any]:
+    """The host, Docker and image a run measured, and how many samples each measurement took."""
     image_id, image_size = docker("image", "inspect", "--format", "{{.Id}} {{.Size}}", image).split()
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "docker_version": docker("version", "--format", "{{.Server.Version}}"),
         "image": {"name": image, "id": image_id, "size_bytes": int(image_size)},
-        "runs": {"create": args.runs, "round_trip": args.round_trips, "docker_run": args.docker_runs},
+        "runs": runs,
     }
 
 
@@ -228,7 +229,7 @@ def main() -> None:
 
     image = os.environ.get("MCPX_IMAGE", "mcpx-sandbox:latest")
     controller_id = f"bench{os.getpid()}"
-    info = metadata(image, args)
+    info = metadata(image, {"create": args.runs, "round_trip": args.round_trips, "docker_run": args.docker_runs})
     label = f"{LABEL}={controller_id}"
     with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as state_dir:
         settings = Settings(state_dir=Path(state_dir), controller_id=controller_id, image=image, port=free_port())

@@ -1,0 +1,73 @@
+"""Progressive disclosure: listings and search over the catalog, so agents read only the tools they need."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from controller import stubgen
+from controller.catalog import CatalogSnapshot, ToolInfo
+
+Detail = Literal["name", "description", "full"]
+WORD = re.compile(r"[a-z0-9]+")
+# Where a query word is found matters: a hit in the tool's name says more than one in its description.
+WEIGHTS = (("name", 3.0), ("title", 2.0), ("server", 2.0), ("description", 1.0))
+
+
+def one_line(text: str, limit: int = 120) -> str:
+    """The first sentence or line of a description, bounded."""
+    line = " ".join(text.strip().split("\n", 1)[0].split())
+    sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
+    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
+
+
+def words(text: str) -> set[str]:
+    return set(WORD.findall(re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()))
+
+
+def score(tool: ToolInfo, query: set[str]) -> float:
+    fields = {
+        "name": words(tool.name),
+        "title": words(tool.title or ""),
+        "server": words(tool.server),
+        "description": words(tool.description),
+    }
+    return sum(weight for word in query for field, weight in WEIGHTS if word in fields[field])
+
+
+def describe(
+    snapshot: CatalogSnapshot, names: dict[tuple[str, str], tuple[str, str]], tool: ToolInfo, detail: Detail
+) -> dict[str, Any]:
+    server_id, tool_id = names[(tool.server, tool.name)]
+    entry: dict[str, Any] = {"server": tool.server, "tool": tool.name, "import": f"servers.{server_id}.{tool_id}"}
+    if detail in ("description", "full"):
+        entry["description"] = one_line(tool.description)
+    if detail == "full":
+        entry["description"] = tool.description
+        entry["signature"] = stubgen.signature(snapshot, tool.server, tool.name)
+        entry["input_schema"] = tool.input_schema
+    return entry
+
+
+def search(
+    snapshot: CatalogSnapshot, query: str, detail: Detail = "description", limit: int = 10
+) -> list[dict[str, Any]]:
+    """The best-matching tools for `query`, best first (every tool, in order, for an empty query)."""
+    wanted = words(query)
+    tools = [tool for server in snapshot.servers for tool in server.tools]
+    ranked = sorted(((score(tool, wanted), tool) for tool in tools), key=lambda pair: -pair[0])
+    hits = [tool for points, tool in ranked if points > 0 or not wanted]
+    names = stubgen.identifiers(snapshot)
+    return [describe(snapshot, names, tool, detail) for tool in hits[: max(limit, 0)]]
+
+
+def listing(snapshot: CatalogSnapshot) -> list[dict[str, Any]]:
+    """Servers with their tools' one-line descriptions: what `GET /v1/tools` shows."""
+    return [
+        {
+            "name": server.name,
+            "description": one_line(server.description),
+            "tools": [{"name": tool.name, "description": one_line(tool.description)} for tool in server.tools],
+        }
+        for server in snapshot.servers
+    ]

@@ -1,0 +1,353 @@
+"""Tool-call benchmark: sandbox code calling real MCP servers through its stubs, against the MCP SDK called directly.
+
+Usage: python tests/bench/tools.py --out .bench/tools.json   (image from MCPX_IMAGE)
+The sandbox code times its own calls with `time.perf_counter()` inside one execution, so neither the HTTP API nor
+the execution round trip is in the numbers. Prints a table of p50/p95/mean latency and calls/s per runtime and
+writes every sample, with host metadata, as JSON. Overhead is the sandbox p50 minus the direct SDK call's p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from mcp import Client, StdioServerParameters
+from sessions import LABEL, RUNTIMES, free_port, live_controller, metadata, percentile, remove_labelled
+
+from controller.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TIME_SERVER = ROOT / ".servers" / "time" / "bin" / "mcp-server-time"
+DOCSTORE = StdioServerParameters(command=sys.executable, args=["-m", "controller.demo.docstore"], cwd=str(ROOT))
+SMALL = ("time", "get_current_time", {"timezone": "UTC"})
+LARGE = ("docstore", "get_document", {"document_id": "transcript-01"})
+CONCURRENCY = 8
+LARGE_WARMUP = 3
+EXECUTION_TIMEOUT_S = 300.0
+REQUEST_TIMEOUT_S = EXECUTION_TIMEOUT_S + 30.0
+DIRECT_TIMEOUT_S = 300.0
+OVERHEAD_TARGET_MS = 1.0
+
+# Sandbox code; each cell's trailing expression is what it measured. Durations go back in ms rounded to 0.1 us,
+# which keeps the value under the runtime's 64 KiB result limit for tens of thousands of calls.
+SEQUENTIAL = """\
+import json, time
+from servers.{server} import {tool}
+for _ in range({warmup}):
+    {tool}(**{arguments!r})
+durations = []
+for _ in range({runs}):
+    started = time.perf_counter()
+    value = {tool}(**{arguments!r})
+    durations.append(round((time.perf_counter() - started) * 1000, 4))
+size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+{{"durations_ms": durations, "result_bytes": size}}
+"""
+THREADS = """\
+import time
+from concurrent.futures import ThreadPoolExecutor
+from servers.{server} import {tool}
+with ThreadPoolExecutor({concurrency}) as pool:
+    list(pool.map(lambda _: {tool}(**{arguments!r}), range({warmup})))
+    started = time.perf_counter()
+    list(pool.map(lambda _: {tool}(**{arguments!r}), range({runs})))
+    seconds = time.perf_counter() - started
+seconds
+"""
+GATHER = """\
+import asyncio, time
+from servers.{server} import {tool}
+async def batch():
+    await asyncio.gather(*({tool}(**{arguments!r}) for _ in range({concurrency})))
+for _ in range({warmup} // {concurrency} + 1):
+    await batch()
+started = time.perf_counter()
+for _ in range({runs} // {concurrency}):
+    await batch()
+time.perf_counter() - started
+"""
+
+
+@dataclass
+class Latency:
+    """Sequential calls of one tool along one path: through a sandbox on a runtime, or the SDK called directly."""
+
+    tool: str
+    path: str
+    samples_ms: list[float]
+    # The result as its caller got it, as compact JSON: the plain value in a sandbox, the CallToolResult directly.
+    result_bytes: int
+    # What the controller measured around its own MCP call for each of the same calls (sandbox paths only).
+    upstream_ms: list[float]
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.samples_ms, 50)
+
+    @property
+    def p95_ms(self) -> float:
+        return percentile(self.samples_ms, 95)
+
+    @property
+    def mean_ms(self) -> float:
+        return statistics.fmean(self.samples_ms)
+
+    @property
+    def calls_per_s(self) -> float:
+        return 1000 / self.mean_ms
+
+    @property
+    def upstream_p50_ms(self) -> float | None:
+        return percentile(self.upstream_ms, 50) if len(self.upstream_ms) >= 2 else None
+
+
+@dataclass
+class Throughput:
+    """Concurrent calls of one tool from sandbox code: how many finished per second of wall time."""
+
+    tool: str
+    path: str
+    mode: str
+    calls: int
+    seconds: float
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds
+
+
+@dataclass
+class Overhead:
+    """What the sandbox path adds to a direct SDK call of the same tool, at the median."""
+
+    tool: str
+    runtime: str
+    sandbox_p50_ms: float
+    direct_p50_ms: float
+    result_bytes: int
+
+    @property
+    def ms(self) -> float:
+        return self.sandbox_p50_ms - self.direct_p50_ms
+
+
+def label(tool: tuple[str, str, dict[str, Any]]) -> str:
+    return f"{tool[0]}.{tool[1]}"
+
+
+def servers_config() -> dict[str, Any]:
+    """The two servers measured: a third-party one (mcp-server-time) and our docstore, as the tests configure them."""
+    return {
+        "mcpServers": {
+            "time": {"command": str(TIME_SERVER)},
+            "docstore": {"command": DOCSTORE.command, "args": list(DOCSTORE.args), "cwd": DOCSTORE.cwd},
+        }
+    }
+
+
+class SandboxBench:
+    """Tool calls timed by code in one session of the controller."""
+
+    def __init__(self, api: httpx.Client, session_id: str, runtime: str) -> None:
+        self.api = api
+        self.session_id = session_id
+        self.runtime = runtime
+
+    def run(self, code: str) -> tuple[Any, list[float]]:
+        """The cell's value, and the controller's upstream milliseconds of each tool call it made."""
+        response = self.api.post(
+            f"/v1/sessions/{self.session_id}/executions", json={"code": code, "timeout_s": EXECUTION_TIMEOUT_S}
+        )
+        response.raise_for_status()
+        reply = response.json()
+        if reply["error"] is not None:
+            raise RuntimeError(f"benchmark code failed on {self.runtime}: {reply['error']}")
+        failed = [call for call in reply["tool_calls"] if not call["ok"]]
+        if failed:
+            raise RuntimeError(f"{len(failed)} tool calls failed on {self.runtime}, e.g. {failed[0]}")
+        return reply["result"], [float(call["ms"]) for call in reply["tool_calls"]]
+
+    def sequential(self, tool: tuple[str, str, dict[str, Any]], runs: int, warmup: int) -> Latency:
+        server, name, arguments = tool
+        code = SEQUENTIAL.format(server=server, tool=name, arguments=arguments, runs=runs, warmup=warmup)
+        value, upstream = self.run(code)
+        if not isinstance(value, dict) or len(value.get("durations_ms", ())) != runs:
+            raise RuntimeError(f"expected {runs} durations, got {str(value)[:200]!r}")
+        return Latency(label(tool), self.runtime, value["durations_ms"], value["result_bytes"], upstream[warmup:])
+
+    def concurrent(self, mode: str, template: str, tool: tuple[str, str, dict[str, Any]], runs: int) -> Throughput:
+        server, name, arguments = tool
+        calls = runs - runs % CONCURRENCY if template is GATHER else runs
+        code = template.format(
+            server=server, tool=name, arguments=arguments, runs=calls, warmup=CONCURRENCY * 4, concurrency=CONCURRENCY
+        )
+        seconds, _ = self.run(code)
+        if not isinstance(seconds, float):
+            raise RuntimeError(f"expected the elapsed seconds, got {str(seconds)[:200]!r}")
+        return Throughput(label(tool), self.runtime, mode, calls, seconds)
+
+
+async def direct_calls(
+    parameters: StdioServerParameters, tool: tuple[str, str, dict[str, Any]], runs: int, warmup: int
+) -> Latency:
+    """The baseline: one SDK client on the same server, called from the host as the controller calls it."""
+    _, name, arguments = tool
+    samples = []
+    with anyio.fail_after(DIRECT_TIMEOUT_S):
+        async with Client(parameters, cache=None) as client:
+            for _ in range(warmup + runs):
+                started = time.perf_counter()
+                result = await client.call_tool(name, arguments)
+                samples.append((time.perf_counter() - started) * 1000)
+                if result.is_error:
+                    raise RuntimeError(f"{label(tool)} failed: {result.content}")
+    size = len(result.model_dump_json(by_alias=True, exclude_none=True).encode())
+    return Latency(label(tool), "direct mcp", samples[warmup:], size, [])
+
+
+def expect_servers(api: httpx.Client) -> None:
+    listing = api.get("/v1/tools").json()
+    ready = {server["name"] for server in listing["servers"]}
+    if not {SMALL[0], LARGE[0]} <= ready:
+        raise RuntimeError(f"the MCP servers did not come up: {listing['unavailable']}")
+
+
+def measure(api: httpx.Client, runs: int, warmup: int, large_runs: int) -> tuple[list[Latency], list[Throughput]]:
+    time_server = StdioServerParameters(command=str(TIME_SERVER))
+    latencies = [
+        anyio.run(direct_calls, time_server, SMALL, runs, warmup),
+        anyio.run(direct_calls, DOCSTORE, LARGE, large_runs, LARGE_WARMUP),
+    ]
+    throughputs = []
+    for runtime in RUNTIMES:
+        response = api.post("/v1/sessions", json={"runtime": runtime, "timeout_s": EXECUTION_TIMEOUT_S})
+        if response.status_code != 201:
+            raise RuntimeError(f"creating a {runtime} session failed: {response.status_code} {response.text}")
+        session_id = str(response.json()["id"])
+        try:
+            bench = SandboxBench(api, session_id, runtime)
+            latencies.append(bench.sequential(SMALL, runs, warmup))
+            latencies.append(bench.sequential(LARGE, large_runs, LARGE_WARMUP))
+            throughputs.append(bench.concurrent(f"{CONCURRENCY} threads", THREADS, SMALL, runs))
+            throughputs.append(bench.concurrent(f"asyncio.gather x{CONCURRENCY}", GATHER, SMALL, runs))
+        finally:
+            api.delete(f"/v1/sessions/{session_id}")
+    return latencies, throughputs
+
+
+def overheads(latencies: list[Latency]) -> list[Overhead]:
+    direct = {row.tool: row for row in latencies if row.path == "direct mcp"}
+    return [
+        Overhead(row.tool, row.path, row.p50_ms, direct[row.tool].p50_ms, row.result_bytes)
+        for row in latencies
+        if row.path in RUNTIMES
+    ]
+
+
+def cost_per_mb(rows: list[Overhead], runtime: str) -> float:
+    """Milliseconds per MB of result the sandbox path adds beyond a small call's overhead."""
+    small = next(row for row in rows if row.runtime == runtime and row.tool == label(SMALL))
+    large = next(row for row in rows if row.runtime == runtime and row.tool == label(LARGE))
+    return (large.ms - small.ms) / ((large.result_bytes - small.result_bytes) / 1e6)
+
+
+def table(latencies: list[Latency], throughputs: list[Throughput], rows: list[Overhead]) -> str:
+    header = (
+        f"{'tool':<23}{'path':<12}{'mode':<20}{'n':>5}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'calls/s':>9}"
+        f"{'upstream':>10}{'overhead':>10}"
+    )
+    lines = [header, "-" * len(header)]
+    overhead = {(row.tool, row.runtime): row.ms for row in rows}
+    for row in latencies:
+        upstream = f"{row.upstream_p50_ms:.3f}" if row.upstream_p50_ms is not None else ""
+        added = f"{overhead[row.tool, row.path]:+.3f}" if (row.tool, row.path) in overhead else ""
+        lines.append(
+            f"{row.tool:<23}{row.path:<12}{'sequential':<20}{len(row.samples_ms):>5}{row.p50_ms:>9.3f}"
+            f"{row.p95_ms:>9.3f}{row.mean_ms:>9.3f}{row.calls_per_s:>9.0f}{upstream:>10}{added:>10}"
+        )
+    for item in throughputs:
+        lines.append(f"{item.tool:<23}{item.path:<12}{item.mode:<20}{item.calls:>5}{'':>27}{item.calls_per_s:>9.0f}")
+    lines.append("")
+    lines.append("upstream: p50 of the controller's own MCP call; overhead: sandbox p50 - direct mcp p50")
+    for runtime in RUNTIMES:
+        small = overhead[label(SMALL), runtime]
+        verdict = "within" if small <= OVERHEAD_TARGET_MS else "ABOVE"
+        lines.append(
+            f"{runtime}: overhead {small:.3f} ms p50 ({verdict} the {OVERHEAD_TARGET_MS:g} ms target), "
+            f"{cost_per_mb(rows, runtime):.1f} ms per MB of result"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
+    parser.add_argument("--runs", type=int, default=500, help="timed calls of the small tool per path")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed calls before them")
+    parser.add_argument("--large-runs", type=int, default=50, help="timed calls of the large-result tool per path")
+    args = parser.parse_args()
+    if min(args.runs, args.large_runs) < CONCURRENCY or args.warmup < 0:
+        parser.error(f"--runs and --large-runs must be at least {CONCURRENCY}, --warmup at least 0")
+    if not TIME_SERVER.exists():
+        parser.error(f"{TIME_SERVER} is missing: run `make setup` first")
+    # A SIGTERM (a CI timeout, `timeout make bench`) unwinds like Ctrl-C, through the cleanup.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+    image = os.environ.get("MCPX_IMAGE", "mcpx-sandbox:latest")
+    controller_id = f"bench{os.getpid()}"
+    info = metadata(image, {"calls": args.runs, "warmup": args.warmup, "large_calls": args.large_runs})
+    sandbox_label = f"{LABEL}={controller_id}"
+    with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as temp:
+        servers_file = Path(temp) / "servers.json"
+        servers_file.write_text(json.dumps(servers_config()))
+        state_dir = Path(temp) / "state"
+        state_dir.mkdir()
+        settings = Settings(
+            state_dir=state_dir, controller_id=controller_id, image=image, port=free_port(), servers_file=servers_file
+        )
+        try:
+            # Leaving the controller deletes its sessions and stops its MCP servers, whatever failed.
+            with live_controller(settings) as url, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api:
+                expect_servers(api)
+                latencies, throughputs = measure(api, args.runs, args.warmup, args.large_runs)
+        finally:
+            remove_labelled(sandbox_label)
+
+    rows = overheads(latencies)
+    print(table(latencies, throughputs, rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "latency": [
+            {
+                **asdict(row),
+                "n": len(row.samples_ms),
+                "p50_ms": row.p50_ms,
+                "p95_ms": row.p95_ms,
+                "mean_ms": row.mean_ms,
+                "calls_per_s": row.calls_per_s,
+                "upstream_p50_ms": row.upstream_p50_ms,
+            }
+            for row in latencies
+        ],
+        "throughput": [{**asdict(item), "calls_per_s": item.calls_per_s} for item in throughputs],
+        "overhead": [{**asdict(row), "ms": row.ms} for row in rows],
+        "cost_per_mb_ms": {runtime: cost_per_mb(rows, runtime) for runtime in RUNTIMES},
+        "target_overhead_ms": OVERHEAD_TARGET_MS,
+    }
+    args.out.write_text(json.dumps({**info, "results": results}, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
