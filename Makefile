@@ -43,7 +43,7 @@ $(TIME_SERVER):
 $(EVERYTHING_SERVER):
 	command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
 	mkdir -p $(SERVERS)/npm
-	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent @modelcontextprotocol/server-everything@2.0.0
+	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent @modelcontextprotocol/server-everything@2026.8.31
 
 test-servers: $(TIME_SERVER) $(EVERYTHING_SERVER) ## Install the third-party MCP servers the tests use
 
