@@ -15,7 +15,7 @@ SERVERS := .servers
 TIME_SERVER := $(SERVERS)/time/bin/mcp-server-time
 EVERYTHING_SERVER := $(SERVERS)/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
 
-.PHONY: help setup venv host image test-servers run test bench lint clean
+.PHONY: help setup venv host image test-servers run test bench bench-tokens lint clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,8 +55,12 @@ run: setup ## Serve the API on $(HOST):$(PORT)
 test: setup test-servers ## Run the test suite against the real engine, image and MCP servers
 	MCPX_TEST_IMAGE=$(IMAGE) $(BIN)/pytest $(PYTEST_ARGS)
 
-bench: setup ## Benchmarks: a table on stdout, JSON in .bench/
+bench: setup test-servers ## Latency benchmarks beside their baselines: tables on stdout, JSON in .bench/
 	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/sessions.py --out .bench/sessions.json
+	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/tools.py --out .bench/tools.json
+
+bench-tokens: setup test-servers ## Token economy: direct tool calling against mcpx, real scenarios, JSON in .bench/
+	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/tokens.py --out .bench/tokens.json
 
 lint: venv ## ruff and strict mypy
 	$(BIN)/ruff check controller sandbox-image/mcpx_runtime tests

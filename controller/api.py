@@ -10,6 +10,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +29,8 @@ from controller.errors import (
     UnknownServers,
 )
 from controller.runtime import DockerBackend, SandboxBackend
-from controller.sessions import ExecutionResult, Session, SessionManager
+from controller.sessions import ExecutionResult, Session, SessionManager, TokenReport
+from controller.shaping import Strategy, Tokens
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class SessionInfo(BaseModel):
     executions: int
     restarts: int
     idle_s: float
+    tokens: TokenReport
 
 
 class ExecutionRequest(BaseModel):
@@ -67,6 +70,12 @@ class ExecutionRequest(BaseModel):
 
     code: str = Field(description="Python source; the value of a trailing expression is returned.")
     timeout_s: float | None = Field(default=None, gt=0, description="Time limit; default: the session's.")
+    max_output_tokens: int | None = Field(
+        default=None, ge=16, le=1_000_000, description="Token budget of the response; default: the server's."
+    )
+    strategy: Strategy | None = Field(
+        default=None, description="How output over budget is cut: truncate, summarize (JSON shape) or sample."
+    )
 
 
 class ToolSummary(BaseModel):
@@ -82,11 +91,16 @@ class ServerListing(BaseModel):
 
 
 class ToolListing(BaseModel):
-    """Every reachable server with one line per tool; `unavailable` lists configured servers with no tools."""
+    """Every reachable server with one line per tool; `unavailable` lists configured servers with no tools.
+
+    `tokens`: `definitions` is what a direct-tool-calling client loads upfront (every tool's wire definition),
+    `listing` what an agent reads first here (the `servers` package files), `stub_mean` one tool's stub.
+    """
 
     digest: str
     servers: list[ServerListing]
     unavailable: list[dict[str, Any]]
+    tokens: dict[str, int]
 
 
 class ToolDetail(BaseModel):
@@ -174,6 +188,7 @@ def session_info(session: Session, now: float) -> SessionInfo:
         limits=session.limits,
         executions=session.executions,
         restarts=session.restarts,
+        tokens=session.tokens,
         idle_s=round(max(now - session.last_used, 0.0), 3),
     )
 
@@ -187,8 +202,9 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     """
     servers = settings.servers()
     catalog = Catalog(servers)
+    tokens = Tokens()
     manager = SessionManager(
-        settings, backend or DockerBackend(settings.docker_host), catalog, frozenset(secrets_of(servers))
+        settings, backend or DockerBackend(settings.docker_host), catalog, frozenset(secrets_of(servers)), tokens
     )
 
     @asynccontextmanager
@@ -247,11 +263,17 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
             raise BadRequest(f"code is larger than {settings.max_code_bytes} bytes", status=413)
         if request.timeout_s is not None and request.timeout_s > settings.max_timeout_s:
             raise BadRequest(f"timeout_s must be at most {settings.max_timeout_s}")
-        return await manager.execute(session_id, request.code, request.timeout_s)
+        return await manager.execute(
+            session_id, request.code, request.timeout_s, None, request.max_output_tokens, request.strategy
+        )
+
+    costs: dict[str, dict[str, int]] = {}
 
     @app.get("/v1/tools", tags=["tools"])
     async def list_tools() -> ToolListing:
         snapshot = catalog.snapshot
+        if snapshot.digest not in costs:
+            costs[snapshot.digest] = await anyio.to_thread.run_sync(discovery.token_costs, snapshot, tokens)
         statuses = {status.name: status for status in catalog.statuses()}
         return ToolListing(
             digest=snapshot.digest,
@@ -259,6 +281,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
                 ServerListing(**entry, state=statuses[entry["name"]].state) for entry in discovery.listing(snapshot)
             ],
             unavailable=[asdict(s) for s in statuses.values() if snapshot.server(s.name) is None],
+            tokens=costs[snapshot.digest],
         )
 
     @app.get("/v1/tools/search", tags=["tools"])

@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -189,6 +189,10 @@ class Settings(BaseSettings):
     """Size cap of a session's workspace (a loop-mounted ext4 file when the host allows, else unenforced)."""
     reap_interval_s: float = 5.0
     """How often idle sessions are looked for."""
+    max_output_tokens: int = Field(default=4000, ge=16)
+    """Default token budget of an execution's response (stdout, stderr, result and traceback together)."""
+    output_strategy: Literal["truncate", "summarize", "sample"] = "truncate"
+    """Default way to fit output over its budget: head and tail, JSON shape, or representative lines."""
     servers_file: Path | None = None
     """The mcpServers JSON file (`mcpx serve --config`); without one, the built-in demo servers run."""
     connect_timeout_s: float = 30.0

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from controller import stubgen
 from controller.catalog import CatalogSnapshot, ToolInfo
+from controller.shaping import Tokens
 
 Detail = Literal["name", "description", "full"]
 WORD = re.compile(r"[a-z0-9]+")
@@ -71,3 +72,18 @@ def listing(snapshot: CatalogSnapshot) -> list[dict[str, Any]]:
         }
         for server in snapshot.servers
     ]
+
+
+def token_costs(snapshot: CatalogSnapshot, tokens: Tokens) -> dict[str, int]:
+    """What discovery costs a model: every definition loaded upfront (a direct-tool-calling client) against the
+    listing files an agent reads first and the size of one stub it opens next."""
+    files = stubgen.render(snapshot)
+    listing = sum(tokens.count(source) for path, source in files.items() if path.endswith("__init__.py"))
+    stubs = [tokens.count(source) for path, source in files.items() if not path.endswith("__init__.py")]
+    definitions = [tool.wire() for server in snapshot.servers for tool in server.tools]
+    return {
+        "tools": len(definitions),
+        "definitions": tokens.count_json(definitions) if definitions else 0,
+        "listing": listing,
+        "stub_mean": round(sum(stubs) / len(stubs)) if stubs else 0,
+    }

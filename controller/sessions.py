@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import secrets
 import shutil
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio.to_thread
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from controller import discovery, stubgen
+from controller import discovery, shaping, stubgen
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
 from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import Limits, Settings
@@ -35,14 +36,24 @@ from controller.errors import (
     SessionLimitReached,
     SessionNotFound,
     UnknownServers,
+    WorkspaceError,
 )
 from controller.policy import PolicyRefusal, check_call, redact
-from controller.runtime import SANDBOX_USER, SOCKET_MOUNT, SandboxBackend, SandboxSpec, choose_runtime
+from controller.runtime import (
+    SANDBOX_USER,
+    SOCKET_MOUNT,
+    WORKSPACE_MOUNT,
+    SandboxBackend,
+    SandboxSpec,
+    choose_runtime,
+)
+from controller.shaping import Strategy, Tokens
 from controller.workspaces import Workspaces
 
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "bridge.sock"
+OUTPUTS = ".mcpx/outputs"  # in the workspace: the full text of output that shaping cut
 TOOL_ERROR = -32010
 DETAILS: dict[str, discovery.Detail] = {"name": "name", "description": "description", "full": "full"}
 # How long past its own timeout (and kill grace) an execution may take before the sandbox is presumed hung.
@@ -60,13 +71,34 @@ class ExecutionError(BaseModel):
 
 
 class ToolCall(BaseModel):
-    """One tool call made by an execution's code."""
+    """One tool call made by an execution's code; `tokens` is the size of its result, which stayed in the sandbox."""
 
     server: str
     tool: str
     ok: bool
     ms: float
     bytes: int
+    tokens: int
+    call_tokens: int = Field(default=0, exclude=True)
+
+
+class TokenReport(BaseModel):
+    """Tokens through the model with mcpx, against a direct-tool-calling agent doing the same calls.
+
+    `returned` is this response as shaped, `code` what the model wrote; `tool_results` and `tool_calls` are what a
+    direct agent would have read (every result) and written (every call's arguments): `direct_estimate` is their
+    sum, and `saved` = direct_estimate - returned - code (negative when code costs more than it saves).
+    """
+
+    returned: int = 0
+    code: int = 0
+    tool_results: int = 0
+    tool_calls: int = 0
+    direct_estimate: int = 0
+    saved: int = 0
+
+    def add(self, other: TokenReport) -> TokenReport:
+        return TokenReport(**{name: getattr(self, name) + getattr(other, name) for name in TokenReport.model_fields})
 
 
 class ExecutionResult(BaseModel):
@@ -79,6 +111,10 @@ class ExecutionResult(BaseModel):
     duration_ms: float = 0.0
     state_reset: bool = False
     tool_calls: list[ToolCall] = []
+    tokens: TokenReport = TokenReport()
+    full_output: dict[str, str] = Field(
+        default_factory=dict, description="Where the full text of each part that was cut is saved in the workspace."
+    )
 
 
 def failure(kind: Literal["timeout", "oom", "crash"], message: str, started: float) -> ExecutionResult:
@@ -113,6 +149,7 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     listener: OutputListener | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
+    tokens: TokenReport = field(default_factory=TokenReport)
 
     @property
     def socket_dir(self) -> Path:
@@ -135,8 +172,11 @@ class Session:
 class SessionManager:
     """Creates, runs, restarts and reaps sessions. Call `start()` before use and `close()` at shutdown."""
 
-    def __init__(self, settings: Settings, backend: SandboxBackend, catalog: Catalog, secrets: frozenset[str]) -> None:
+    def __init__(
+        self, settings: Settings, backend: SandboxBackend, catalog: Catalog, secrets: frozenset[str], tokens: Tokens
+    ) -> None:
         self.settings = settings
+        self.tokens = tokens
         self.backend = backend
         self.catalog = catalog
         self.secrets = secrets
@@ -249,9 +289,16 @@ class SessionManager:
             shutil.rmtree(session.directory, ignore_errors=True)
 
     async def execute(
-        self, session_id: str, code: str, timeout_s: float | None = None, listener: OutputListener | None = None
+        self,
+        session_id: str,
+        code: str,
+        timeout_s: float | None = None,
+        listener: OutputListener | None = None,
+        max_output_tokens: int | None = None,
+        strategy: Strategy | None = None,
     ) -> ExecutionResult:
-        """Run code in the session's interpreter; executions of one session run one at a time.
+        """Run code in the session's interpreter, then shape its output to the token budget; executions of one
+        session run one at a time.
 
         Raises:
             SessionNotFound: unknown session.
@@ -267,10 +314,50 @@ class SessionManager:
             try:
                 result = await self._execute(session, code, timeout)
                 result.tool_calls = list(session.tool_calls)
-                return result
+                budget = max_output_tokens or self.settings.max_output_tokens
+                return await anyio.to_thread.run_sync(
+                    self._shape, session, code, result, budget, strategy or self.settings.output_strategy
+                )
             finally:
                 session.listener = None
                 session.last_used = time.monotonic()
+
+    def _shape(
+        self, session: Session, code: str, result: ExecutionResult, budget: int, strategy: Strategy
+    ) -> ExecutionResult:
+        """Fit the result into its budget, save the full text of what was cut, and account for the tokens."""
+        traceback = result.error.traceback if result.error else ""
+        parts = {"stdout": result.stdout, "stderr": result.stderr, "result": result.result, "traceback": traceback}
+        folder = f"{OUTPUTS}/{session.executions}"
+        names = {"stdout": "stdout.txt", "stderr": "stderr.txt", "result": "result.json", "traceback": "traceback.txt"}
+        saved_at = {part: f"{WORKSPACE_MOUNT}/{folder}/{name}" for part, name in names.items()}
+        shaped = shaping.shape_output(self.tokens, parts, budget, strategy, saved_at)
+        for part in shaped.cut:
+            value = parts[part]
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
+            try:
+                self.workspaces.write(session.workspace_dir, f"{folder}/{names[part]}", text.encode())
+                result.full_output[part] = saved_at[part]
+            except WorkspaceError as exc:
+                logger.warning("session %s: cannot save the full %s: %s", session.id, part, exc)
+        result.stdout, result.stderr, result.result = shaped.stdout, shaped.stderr, shaped.result
+        if result.error is not None:
+            result.error.traceback = shaped.traceback
+        returned = self.tokens.count_json(result.model_dump(include={"stdout", "stderr", "result", "error"}))
+        tool_results = sum(call.tokens for call in result.tool_calls)
+        tool_calls = sum(call.call_tokens for call in result.tool_calls)
+        code_tokens = self.tokens.count(code)
+        direct = tool_results + tool_calls
+        result.tokens = TokenReport(
+            returned=returned,
+            code=code_tokens,
+            tool_results=tool_results,
+            tool_calls=tool_calls,
+            direct_estimate=direct,
+            saved=direct - returned - code_tokens,
+        )
+        session.tokens = session.tokens.add(result.tokens)
+        return result
 
     async def _execute(self, session: Session, code: str, timeout_s: float) -> ExecutionResult:
         started = time.monotonic()
@@ -367,8 +454,17 @@ class SessionManager:
         started = time.monotonic()
         outcome = await self.catalog.call(info.server, info.name, params["arguments"])
         elapsed = round((time.monotonic() - started) * 1000, 3)
+        answer = outcome.value if outcome.error is None else outcome.error
         session.tool_calls.append(
-            ToolCall(server=info.server, tool=info.name, ok=outcome.error is None, ms=elapsed, bytes=outcome.size)
+            ToolCall(
+                server=info.server,
+                tool=info.name,
+                ok=outcome.error is None,
+                ms=elapsed,
+                bytes=outcome.size,
+                tokens=await anyio.to_thread.run_sync(self.tokens.count_json, answer),
+                call_tokens=self.tokens.count_json({"name": info.name, "arguments": params["arguments"]}),
+            )
         )
         if outcome.error is not None:
             raise RemoteError(TOOL_ERROR, redact(outcome.error, self.secrets), {"kind": outcome.kind, **where})

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import os
 import shutil
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
 
 from controller.errors import WorkspaceError
 
@@ -78,6 +79,43 @@ class Workspaces:
         """Unmount every workspace below `root` (left by an earlier run) so the tree can be deleted."""
         for mount_point in mounts_under(root):
             await run("umount", "-l", str(mount_point))
+
+    def write(self, directory: Path, relative: str, data: bytes) -> None:
+        """Write a file inside a workspace the sandbox controls: no component may be a symlink, `..`, absolute,
+        or anything but a directory or regular file, so hostile code cannot aim the controller's write elsewhere.
+
+        Raises:
+            WorkspaceError: the path is not confined to the workspace, or the write failed.
+        """
+        parts = PurePosixPath(relative).parts
+        if not parts or PurePosixPath(relative).is_absolute() or any(part in ("..", ".") for part in parts):
+            raise WorkspaceError(f"path {relative!r} is not inside the workspace")
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for part in parts[:-1]:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=directory_fd)
+                    os.chown(part, self.uid, self.gid, dir_fd=directory_fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory_fd)
+                os.close(directory_fd)
+                directory_fd = child
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+            file_fd = os.open(parts[-1], flags, 0o644, dir_fd=directory_fd)
+            try:
+                if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+                    raise WorkspaceError(f"{relative!r} is not a regular file")
+                os.fchown(file_fd, self.uid, self.gid)
+                remaining = memoryview(data)
+                while remaining:
+                    remaining = remaining[os.write(file_fd, remaining) :]
+            finally:
+                os.close(file_fd)
+        except OSError as exc:
+            raise WorkspaceError(f"cannot write {relative!r} in the workspace: {exc.strerror}") from exc
+        finally:
+            os.close(directory_fd)
 
     @staticmethod
     def image_of(directory: Path) -> Path:

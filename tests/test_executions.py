@@ -150,3 +150,42 @@ def test_a_forked_child_that_falls_through_cannot_answer_for_the_worker(api: htt
     )
     assert reply["result"] == "parent"
     assert reply["error"] is None
+
+
+@pytest.mark.parametrize("strategy", ["truncate", "sample", "summarize"])
+def test_output_over_budget_is_shaped_and_saved_whole_in_the_workspace(
+    api: httpx.Client, new_session: SessionFactory, strategy: str
+):
+    session = new_session()
+    code = "for i in range(5000):\n    print(f'line {i}: ' + 'é' * 20)"
+    reply = execute(api, session, code, max_output_tokens=300, strategy=strategy)
+    assert reply["tokens"]["returned"] <= 400
+    assert "line 0:" in reply["stdout"]
+    assert "mcpx cut" in reply["stdout"]
+    saved = reply["full_output"]["stdout"]
+    assert saved.startswith("/workspace/.mcpx/outputs/")
+    assert saved in reply["stdout"]
+    whole = execute(api, session, f"text = open({saved!r}).read()\nlen(text.splitlines()), text.splitlines()[-1][:10]")
+    assert whole["result"] == [5000, "line 4999:"]
+
+
+def test_a_large_result_is_summarized_as_its_shape(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    code = "[{'id': i, 'name': f'customer {i}', 'amount': i * 1.5} for i in range(3000)]"
+    reply = execute(api, session, code, max_output_tokens=200, strategy="summarize")
+    assert isinstance(reply["result"], dict), reply
+    summary = reply["result"]["mcpx_summary"]
+    assert summary["list"] == 3000
+    assert set(summary["item"]) == {"id", "name", "amount"}
+    assert reply["full_output"]["result"].endswith("result.json")
+
+
+def test_output_within_budget_is_untouched_and_accounted(api: httpx.Client, new_session: SessionFactory):
+    reply = execute(api, new_session(), "print('hello')\n42")
+    assert reply["stdout"] == "hello\n"
+    assert reply["full_output"] == {}
+    tokens = reply["tokens"]
+    assert tokens["returned"] > 0
+    assert tokens["code"] > 0
+    assert tokens["tool_results"] == tokens["direct_estimate"] == 0
+    assert tokens["saved"] == -(tokens["returned"] + tokens["code"])

@@ -239,3 +239,31 @@ def test_tool_list_changes_regenerate_stubs_for_new_sessions(api: httpx.Client, 
     later = new_session()
     assert ok(api, later, f"from servers.changing import {added}\n{added}()") == added
     assert execute(api, first, f"from servers.changing import {added}")["error"]["type"] == "ImportError"
+
+
+def test_a_transcript_moved_between_servers_never_enters_the_response(api: httpx.Client, new_session: SessionFactory):
+    session = new_session(servers=["docstore", "crm"])
+    reply = execute(
+        api,
+        session,
+        "from servers.docstore import get_document\nfrom servers.crm import add_note\n"
+        "doc = get_document(document_id='transcript-01')\n"
+        "note = add_note(record_id='ACC-0001', text=doc['content'])\n"
+        "print(note['note_id'], note['length'])",
+    )
+    assert reply["error"] is None, reply["error"]
+    tokens = reply["tokens"]
+    assert tokens["tool_results"] >= 40_000
+    assert tokens["tool_calls"] >= 40_000  # a direct agent would have written the transcript back out
+    assert tokens["returned"] < 100
+    assert tokens["saved"] >= 80_000
+    assert [call["tokens"] > 40_000 for call in reply["tool_calls"]] == [True, False]
+    totals = api.get(f"/v1/sessions/{session}").json()["tokens"]
+    assert totals == tokens
+
+
+def test_the_catalog_reports_what_discovery_costs(api: httpx.Client):
+    tokens = api.get("/v1/tools").json()["tokens"]
+    assert tokens["tools"] >= 50
+    assert tokens["definitions"] > 10 * tokens["stub_mean"]
+    assert tokens["listing"] < tokens["definitions"]

