@@ -340,6 +340,8 @@ class SessionManager:
                 result.full_output[part] = saved_at[part]
             except WorkspaceError as exc:
                 logger.warning("session %s: cannot save the full %s: %s", session.id, part, exc)
+        if set(shaped.cut) - set(result.full_output):  # markers must not point to files that were not written
+            shaped = shaping.shape_output(self.tokens, parts, budget, strategy, result.full_output)
         result.stdout, result.stderr, result.result = shaped.stdout, shaped.stderr, shaped.result
         if result.error is not None:
             result.error.traceback = shaped.traceback

@@ -186,3 +186,17 @@ def test_workspace_is_size_capped_and_a_full_workspace_is_a_clean_error(
     assert outcome == "ENOSPC"
     assert written <= settings.workspace_size_mb
     assert run(api, session, "import os\nos.remove('/workspace/big')\nopen('/workspace/after', 'w').write('ok')") == 2
+
+
+def test_a_symlink_planted_in_the_workspace_cannot_redirect_the_controllers_writes(
+    api: httpx.Client, new_session: SessionFactory, tmp_path: Path
+):
+    session = new_session()
+    target = tmp_path / "host-side"
+    target.mkdir()
+    run(api, session, f"import os\nos.symlink({str(target)!r}, '/workspace/.mcpx')")
+    reply = execute(api, session, "print('x' * 100000)", max_output_tokens=50)
+    assert "mcpx cut" in reply["stdout"]
+    assert "/workspace/.mcpx" not in reply["stdout"]
+    assert reply["full_output"] == {}
+    assert list(target.iterdir()) == []
