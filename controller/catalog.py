@@ -114,6 +114,7 @@ class ServerStatus:
     tools: int
     error: str | None = None
     protocol: str | None = None
+    list_changes: int = 0
 
 
 def plain_value(result: dict[str, Any]) -> Any:
@@ -161,6 +162,7 @@ class ServerConnection:
         self.state = "connecting"
         self.error: str | None = None
         self.protocol: str | None = None
+        self.list_changes = 0
         self.ready = asyncio.Event()
         self.settled = asyncio.Event()  # set once the first connection attempt succeeded or failed
         self._on_change = on_change
@@ -169,7 +171,7 @@ class ServerConnection:
         self._refresh_wanted = asyncio.Event()
 
     def status(self) -> ServerStatus:
-        return ServerStatus(self.name, self.state, len(self.tools), self.error, self.protocol)
+        return ServerStatus(self.name, self.state, len(self.tools), self.error, self.protocol, self.list_changes)
 
     async def run(self) -> None:
         """Connect, serve, reconnect; until cancelled."""
@@ -267,6 +269,7 @@ class ServerConnection:
         while True:
             await self._refresh_wanted.wait()
             self._refresh_wanted.clear()
+            self.list_changes += 1
             await self._list_tools(client)
             logger.info("MCP server %s changed its tools (%d now)", self.name, len(self.tools))
             self._on_change()

@@ -267,3 +267,12 @@ def test_the_catalog_reports_what_discovery_costs(api: httpx.Client):
     assert tokens["tools"] >= 50
     assert tokens["definitions"] > 10 * tokens["stub_mean"]
     assert tokens["listing"] < tokens["definitions"]
+
+
+def test_server_everything_announces_its_conditional_tools_and_the_catalog_follows(api: httpx.Client):
+    # server-everything registers its capability-dependent tools after the handshake and sends
+    # notifications/tools/list_changed; the catalog must have re-listed in answer to it.
+    servers = {s["name"]: s for s in api.get("/readyz").json()["servers"]}
+    assert servers["everything"]["list_changes"] >= 1
+    tools = {s["name"]: [t["name"] for t in s["tools"]] for s in api.get("/v1/tools").json()["servers"]}
+    assert "simulate-research-query" in tools["everything"]
