@@ -112,6 +112,7 @@ def demo_servers() -> dict[str, StdioServer | HttpServer]:
     return {
         "docstore": StdioServer(command=sys.executable, args=("-m", "controller.demo.docstore")),
         "crm": StdioServer(command=sys.executable, args=("-m", "controller.demo.crm")),
+        "deploys": StdioServer(command=sys.executable, args=("-m", "controller.demo.deploys")),
     }
 
 

@@ -139,6 +139,7 @@ def servers_file(tmp_path_factory: pytest.TempPathFactory, everything_http: str,
             },
             "docstore": {"command": sys.executable, "args": ["-m", "controller.demo.docstore"], "cwd": str(ROOT)},
             "crm": {"command": sys.executable, "args": ["-m", "controller.demo.crm"], "cwd": str(ROOT)},
+            "deploys": {"command": sys.executable, "args": ["-m", "controller.demo.deploys"], "cwd": str(ROOT)},
         }
     }
     path = tmp_path_factory.mktemp("config") / "servers.json"

@@ -276,3 +276,19 @@ def test_server_everything_announces_its_conditional_tools_and_the_catalog_follo
     assert servers["everything"]["list_changes"] >= 1
     tools = {s["name"]: [t["name"] for t in s["tools"]] for s in api.get("/v1/tools").json()["servers"]}
     assert "simulate-research-query" in tools["everything"]
+
+
+def test_polling_a_deployment_in_a_loop_returns_only_the_outcome(api: httpx.Client, new_session: SessionFactory):
+    reply = execute(
+        api,
+        new_session(servers=["deploys"]),
+        "from servers.deploys import start_deployment, get_deployment\n"
+        "deployment = start_deployment(service='billing-api', version='v2.14.0')\n"
+        "polls = 0\n"
+        "while (status := get_deployment(deployment_id=deployment['id']))['phase'] != 'healthy':\n"
+        "    polls += 1\n"
+        "print(status['phase'], polls)",
+    )
+    assert reply["stdout"].startswith("healthy ")
+    assert len(reply["tool_calls"]) > 10
+    assert reply["tokens"]["tool_results"] > 20 * reply["tokens"]["returned"]
