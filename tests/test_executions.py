@@ -189,3 +189,28 @@ def test_output_within_budget_is_untouched_and_accounted(api: httpx.Client, new_
     assert tokens["code"] > 0
     assert tokens["tool_results"] == tokens["direct_estimate"] == 0
     assert tokens["saved"] == -(tokens["returned"] + tokens["code"])
+
+
+def test_processes_started_by_an_execution_end_with_it(api: httpx.Client, new_session: SessionFactory, runtime: str):
+    session = new_session(runtime=runtime)
+    started = execute(
+        api,
+        session,
+        "import os, subprocess, time\n"
+        "subprocess.Popen(['sleep', '300'])\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.execv('/bin/sleep', ['sleep', '301'])\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.5)\n"
+        "sorted(open(f'/proc/{p}/cmdline').read().replace(chr(0), ' ').strip() for p in os.listdir('/proc')"
+        " if p.isdigit() and 'sleep' in open(f'/proc/{p}/cmdline').read())",
+    )
+    assert started["result"] == ["sleep 300", "sleep 301"]
+    left = execute(
+        api,
+        session,
+        "import os\n[p for p in os.listdir('/proc') if p.isdigit() and 'sleep' in open(f'/proc/{p}/cmdline').read()]",
+    )
+    assert left["result"] == []

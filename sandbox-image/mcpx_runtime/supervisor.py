@@ -119,6 +119,15 @@ def serve_in_child(cmd_r: int, evt_w: int, out_w: int, err_w: int) -> None:
         os._exit(0)
 
 
+def kill_strays(keep: set[int]) -> None:
+    """Kill every process in the sandbox except `keep`: whatever an execution started ends with it, double-forked
+    daemons included (they leave the worker's process group, not the sandbox's pid namespace)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in keep:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+
+
 def oom_kill_count() -> int:
     """The cgroup's OOM-kill counter, to tell an OOM kill from any other SIGKILL (cgroup v2, then v1)."""
     for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
@@ -226,6 +235,7 @@ class Supervisor:
             error_type, message = STOPS[execution.stop_reason]
             traceback = (error or {}).get("traceback", "")
             error = {"kind": execution.stop_reason, "type": error_type, "message": message, "traceback": traceback}
+        kill_strays({1, os.getpid(), self.worker.pid})
         self.reply(
             execution.request_id,
             {

@@ -95,6 +95,7 @@ class Interpreter:
         self.executing = False
 
     def run_cell(self, code: str) -> Message:
+        reap_children()
         self._restore_process()
         self.executing = True
         try:
@@ -163,6 +164,13 @@ class Interpreter:
         # Interrupts land only while a cell runs, never inside the reply path.
         if self.executing:
             raise KeyboardInterrupt
+
+
+def reap_children() -> None:
+    """Collect the exit status of children the supervisor killed when the last cell ended (they hold pids)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
 
 
 def text_stream(fd: int) -> io.TextIOWrapper:
