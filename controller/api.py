@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import discovery, stubgen
+from controller.audit import AuditLog
 from controller.catalog import Catalog
 from controller.config import Limits, Settings, secrets_of
 from controller.errors import (
@@ -28,6 +29,7 @@ from controller.errors import (
     ToolNotFound,
     UnknownServers,
 )
+from controller.policy import Policy
 from controller.runtime import DockerBackend, SandboxBackend
 from controller.sessions import ExecutionResult, Session, SessionManager, TokenReport
 from controller.shaping import Strategy, Tokens
@@ -50,6 +52,9 @@ class SessionRequest(BaseModel):
     servers: list[str] | None = Field(
         default=None, description="The MCP servers the session's code may call; default: all configured ones."
     )
+    policy: Policy | None = Field(
+        default=None, description="Tool-call policy and quotas; never looser than the server's (MCPX_POLICY__*)."
+    )
 
 
 class SessionInfo(BaseModel):
@@ -57,6 +62,7 @@ class SessionInfo(BaseModel):
     runtime: Literal["runsc", "runc"]
     created_at: datetime
     servers: list[str] | None
+    policy: Policy
     state: Literal["ready", "busy", "restarting"]
     limits: Limits
     executions: int
@@ -184,6 +190,7 @@ def session_info(session: Session, now: float) -> SessionInfo:
         runtime="runsc" if session.runtime == "runsc" else "runc",
         created_at=session.created_at,
         servers=sorted(session.servers) if session.servers is not None else None,
+        policy=session.policy,
         state="busy" if session.busy else ("ready" if session.bridge.is_connected else "restarting"),
         limits=session.limits,
         executions=session.executions,
@@ -203,8 +210,9 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     servers = settings.servers()
     catalog = Catalog(servers)
     tokens = Tokens()
+    audit = AuditLog(settings.audit_log or settings.state_dir / "audit.log")
     manager = SessionManager(
-        settings, backend or DockerBackend(settings.docker_host), catalog, frozenset(secrets_of(servers)), tokens
+        settings, backend or DockerBackend(settings.docker_host), catalog, frozenset(secrets_of(servers)), tokens, audit
     )
 
     @asynccontextmanager
@@ -218,6 +226,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
                 await manager.close()
         finally:
             await catalog.close()
+            audit.close()
 
     app = FastAPI(title="mcpx", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
@@ -245,7 +254,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     async def create_session(request: Annotated[SessionRequest | None, Body()] = None) -> SessionInfo:
         request = request or SessionRequest()
         servers = frozenset(request.servers) if request.servers is not None else None
-        session = await manager.create(resolve_limits(settings, request), request.runtime, servers)
+        session = await manager.create(resolve_limits(settings, request), request.runtime, servers, request.policy)
         return session_info(session, session.last_used)
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"], responses=error_responses)

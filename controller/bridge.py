@@ -58,6 +58,7 @@ class Bridge:
         self._max_frame = max_frame
         self.on_request = on_request
         self.on_notification = on_notification
+        self.on_violation: Callable[[str], None] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -213,6 +214,8 @@ class Bridge:
     def _violation(self, what: str) -> None:
         self.protocol_errors += 1
         logger.warning("bridge protocol violation on %s: %s", self.label, what)
+        if self.on_violation is not None:
+            self.on_violation(what)
 
 
 def error_reply(request_id: Any, code: int, message: str, data: Any = None) -> Params:

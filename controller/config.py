@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controller.errors import ConfigError
+from controller.policy import Policy
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -194,6 +195,10 @@ class Settings(BaseSettings):
     """Default token budget of an execution's response (stdout, stderr, result and traceback together)."""
     output_strategy: Literal["truncate", "summarize", "sample"] = "truncate"
     """Default way to fit output over its budget: head and tail, JSON shape, or representative lines."""
+    policy: Policy = Policy()
+    """Server-wide tool-call policy and quotas; a session may ask for a stricter one, never a looser one."""
+    audit_log: Path | None = None
+    """The audit log (JSON lines, appended); default: `audit.log` in the state dir."""
     servers_file: Path | None = None
     """The mcpServers JSON file (`mcpx serve --config`); without one, the built-in demo servers run."""
     connect_timeout_s: float = 30.0

@@ -1,19 +1,24 @@
-"""What a session may call: its server allowlist, the tool's existence, and arguments valid for its inputSchema.
+"""What a session may do: which tools it may call (allowlists, read-only), how much (quotas), with which arguments
+(the tool's inputSchema), and an optional static pre-check of its code.
 
-Every refusal happens here, before anything reaches an MCP server, and names what was wrong.
+Every refusal happens here, before anything reaches an MCP server, and names what was wrong. The static pre-check
+is defence in depth only: the sandbox is the security boundary, and code can always reach a module by other means.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import jsonschema.exceptions
 from jsonschema.protocols import Validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from controller.catalog import CatalogSnapshot, ToolInfo
+if TYPE_CHECKING:
+    from controller.catalog import CatalogSnapshot, ToolInfo
 
 
 class PolicyRefusal(Exception):
@@ -49,26 +54,99 @@ def argument_problem(tool: ToolInfo, arguments: dict[str, Any]) -> str | None:
     return f"argument {where!r}: {error.message}" if where else error.message
 
 
+class Policy(BaseModel):
+    """What a session's code may do beyond its server allowlist; every field has a server-wide default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tools: list[str] | None = Field(
+        default=None, description='Tools the code may call, as "server/tool"; default: every tool of its servers.'
+    )
+    read_only: bool = Field(default=False, description="Only tools their server marks readOnlyHint.")
+    max_tool_calls_per_execution: int = Field(default=1000, ge=0)
+    max_tool_calls: int = Field(default=100_000, ge=0, description="Tool calls over the session's lifetime.")
+    max_concurrent_tool_calls: int = Field(default=16, ge=1)
+    max_result_bytes_per_execution: int = Field(
+        default=256 * 1024 * 1024, ge=0, description="Bytes of tool results one execution may receive."
+    )
+    denied_imports: list[str] = Field(
+        default_factory=list, description="Modules the static pre-check refuses (defence in depth, not a boundary)."
+    )
+
+    def within(self, server_wide: Policy) -> Policy:
+        """This (requested) policy, no looser than the server-wide one: quotas take the lower, denials add up."""
+        return Policy(
+            tools=self.tools if self.tools is not None else server_wide.tools,
+            read_only=self.read_only or server_wide.read_only,
+            max_tool_calls_per_execution=min(
+                self.max_tool_calls_per_execution, server_wide.max_tool_calls_per_execution
+            ),
+            max_tool_calls=min(self.max_tool_calls, server_wide.max_tool_calls),
+            max_concurrent_tool_calls=min(self.max_concurrent_tool_calls, server_wide.max_concurrent_tool_calls),
+            max_result_bytes_per_execution=min(
+                self.max_result_bytes_per_execution, server_wide.max_result_bytes_per_execution
+            ),
+            denied_imports=sorted({*self.denied_imports, *server_wide.denied_imports}),
+        )
+
+
 def check_call(
-    snapshot: CatalogSnapshot, allowed: frozenset[str] | None, server: Any, tool: Any, arguments: Any
+    snapshot: CatalogSnapshot,
+    allowed: frozenset[str] | None,
+    policy: Policy,
+    server: Any,
+    tool: Any,
+    arguments: Any,
 ) -> ToolInfo:
     """The tool to call, if this session may call it with these arguments.
 
     Raises:
-        PolicyRefusal: a malformed request, a server outside the allowlist, an unknown tool, invalid arguments.
+        PolicyRefusal: a malformed request, a server or tool outside the allowlists, a tool that is not read-only
+            in a read-only session, an unknown tool, invalid arguments.
     """
     if not isinstance(server, str) or not isinstance(tool, str) or not isinstance(arguments, dict):
         raise PolicyRefusal("invalid_arguments", "a tool call needs a server name, a tool name and an arguments object")
     if allowed is not None and server not in allowed:
         raise PolicyRefusal("refused", f"server {server!r} is not allowed in this session")
+    if policy.tools is not None and f"{server}/{tool}" not in policy.tools:
+        raise PolicyRefusal("refused", f"{server}.{tool} is not among this session's allowed tools")
     info = snapshot.tool(server, tool)
     if info is None:
         known = "unknown server" if snapshot.server(server) is None else "no such tool"
         raise PolicyRefusal("refused", f"{server}.{tool}: {known}")
+    if policy.read_only and info.annotations.get("readOnlyHint") is not True:
+        raise PolicyRefusal("refused", f"{server}.{tool} is not marked read-only and this session is read-only")
     problem = argument_problem(info, arguments)
     if problem is not None:
         raise PolicyRefusal("invalid_arguments", f"{server}.{tool}: {problem}")
     return info
+
+
+def denied_imports(code: str, denied: frozenset[str]) -> list[str]:
+    """Where `code` imports a denied module (statements, `__import__("x")`, `importlib.import_module("x")`).
+
+    Code that does not parse is not refused here: the interpreter reports its SyntaxError.
+    """
+    if not denied:
+        return []
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return []
+    found = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            function = node.func
+            called = function.id if isinstance(function, ast.Name) else getattr(function, "attr", "")
+            if called in ("__import__", "import_module") and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+        found += [f"line {node.lineno}: {name}" for name in names if name.split(".")[0] in denied]  # type: ignore[attr-defined]
+    return found
 
 
 REDACTED = "[redacted]"

@@ -24,6 +24,7 @@ import anyio.to_thread
 from pydantic import BaseModel, Field, ValidationError
 
 from controller import discovery, shaping, stubgen
+from controller.audit import AuditLog
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
 from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import Limits, Settings
@@ -38,7 +39,7 @@ from controller.errors import (
     UnknownServers,
     WorkspaceError,
 )
-from controller.policy import PolicyRefusal, check_call, redact
+from controller.policy import Policy, PolicyRefusal, check_call, denied_imports, redact
 from controller.runtime import (
     SANDBOX_USER,
     SOCKET_MOUNT,
@@ -64,7 +65,7 @@ OutputListener = Callable[[str, str], None]
 class ExecutionError(BaseModel):
     """Why an execution did not complete normally."""
 
-    kind: Literal["exception", "timeout", "interrupted", "oom", "crash"]
+    kind: Literal["exception", "timeout", "interrupted", "oom", "crash", "policy"]
     type: str
     message: str
     traceback: str = ""
@@ -142,6 +143,7 @@ class Session:
     created_at: datetime
     servers: frozenset[str] | None
     tools_dir: Path
+    policy: Policy
     container_id: str | None = None
     last_used: float = field(default_factory=time.monotonic)
     executions: int = 0
@@ -150,6 +152,10 @@ class Session:
     listener: OutputListener | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     tokens: TokenReport = field(default_factory=TokenReport)
+    trace: str = ""
+    calls_total: int = 0
+    calls_in_flight: int = 0
+    result_bytes: int = 0
 
     @property
     def socket_dir(self) -> Path:
@@ -173,9 +179,16 @@ class SessionManager:
     """Creates, runs, restarts and reaps sessions. Call `start()` before use and `close()` at shutdown."""
 
     def __init__(
-        self, settings: Settings, backend: SandboxBackend, catalog: Catalog, secrets: frozenset[str], tokens: Tokens
+        self,
+        settings: Settings,
+        backend: SandboxBackend,
+        catalog: Catalog,
+        secrets: frozenset[str],
+        tokens: Tokens,
+        audit: AuditLog,
     ) -> None:
         self.settings = settings
+        self.audit = audit
         self.tokens = tokens
         self.backend = backend
         self.catalog = catalog
@@ -227,7 +240,7 @@ class SessionManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.gather(*(self.delete(session_id) for session_id in list(self.sessions)))
+        await asyncio.gather(*(self.delete(session_id, "shutdown") for session_id in list(self.sessions)))
 
     def get(self, session_id: str) -> Session:
         """Raises: SessionNotFound."""
@@ -237,7 +250,11 @@ class SessionManager:
             raise SessionNotFound(session_id) from None
 
     async def create(
-        self, limits: Limits, runtime: str | None = None, servers: frozenset[str] | None = None
+        self,
+        limits: Limits,
+        runtime: str | None = None,
+        servers: frozenset[str] | None = None,
+        policy: Policy | None = None,
     ) -> Session:
         """Start a session with its own sandbox, on `runtime` or the controller's default one, allowed to call
         the tools of `servers` (None: every configured server).
@@ -260,8 +277,11 @@ class SessionManager:
         session_id = secrets.token_hex(8)
         directory = self.sessions_dir / session_id
         bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
-        session = Session(session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir)
+        effective = (policy or self.settings.policy).within(self.settings.policy)
+        created = datetime.now(UTC)
+        session = Session(session_id, limits, runtime, directory, bridge, created, servers, tools_dir, effective)
         bridge.on_notification = session.on_notification
+        bridge.on_violation = functools.partial(self._on_violation, session)
         bridge.on_request = functools.partial(self._on_sandbox_request, session)
         self.sessions[session_id] = session
         try:
@@ -271,15 +291,20 @@ class SessionManager:
             await bridge.start()
             await self._boot(session)
         except BaseException:
-            await self.delete(session_id)
+            await self.delete(session_id, "failed start")
             raise
+        self.audit.record(
+            "session.created", session=session_id, runtime=runtime, servers=sorted(servers) if servers else None,
+            limits=limits.model_dump(), policy=effective.model_dump(),
+        )  # fmt: skip
         return session
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, reason: str = "request") -> None:
         """Remove the session's sandbox, socket and workspace. Raises: SessionNotFound."""
         session = self.sessions.pop(session_id, None)
         if session is None:
             raise SessionNotFound(session_id)
+        self.audit.record("session.deleted", session=session_id, reason=reason, tokens=session.tokens.model_dump())
         try:
             if session.container_id is not None:
                 await self.backend.remove(session.container_id)
@@ -311,8 +336,21 @@ class SessionManager:
             session.executions += 1
             session.listener = listener
             session.tool_calls = []
+            session.result_bytes = 0
+            session.trace = secrets.token_hex(16)
             try:
-                result = await self._execute(session, code, timeout)
+                refused = denied_imports(code, frozenset(session.policy.denied_imports))
+                if refused:
+                    self.audit.record("static_check.refused", session=session.id, trace=session.trace, found=refused)
+                    result = ExecutionResult(
+                        error=ExecutionError(kind="policy", type="PolicyRefusal",
+                                             message="imports denied by this session's policy: " + "; ".join(refused))
+                    )  # fmt: skip
+                else:
+                    result = await self._execute(session, code, timeout)
+                if result.error is not None and result.error.kind in ("timeout", "oom", "crash"):
+                    event = f"execution.{result.error.kind}"
+                    self.audit.record(event, session=session.id, trace=session.trace, state_reset=result.state_reset)
                 result.tool_calls = list(session.tool_calls)
                 budget = max_output_tokens or self.settings.max_output_tokens
                 return await anyio.to_thread.run_sync(
@@ -447,15 +485,29 @@ class SessionManager:
         if method != "tools/call":
             raise RemoteError(METHOD_NOT_FOUND, f"unknown method {method!r}")
         server, tool = params.get("server"), params.get("tool")
-        where = {"server": str(server), "tool": str(tool)}
+        where = {"server": str(server)[:200], "tool": str(tool)[:200]}
         try:
-            info = check_call(self.catalog.snapshot, session.servers, server, tool, params.get("arguments"))
+            self._check_quota(session)
+            info = check_call(
+                self.catalog.snapshot, session.servers, session.policy, server, tool, params.get("arguments")
+            )
         except PolicyRefusal as refusal:
-            logger.info("session %s: tool call refused: %s", session.id, refusal)
+            self.audit.record("policy.refused", session=session.id, trace=session.trace, kind=refusal.kind,
+                              reason=str(refusal)[:500], **where)  # fmt: skip
             raise RemoteError(TOOL_ERROR, str(refusal), {"kind": refusal.kind, **where}) from None
         started = time.monotonic()
-        outcome = await self.catalog.call(info.server, info.name, params["arguments"])
+        session.calls_total += 1
+        session.calls_in_flight += 1
+        try:
+            outcome = await self.catalog.call(info.server, info.name, params["arguments"])
+        finally:
+            session.calls_in_flight -= 1
         elapsed = round((time.monotonic() - started) * 1000, 3)
+        session.result_bytes += outcome.size
+        self.audit.record(
+            "tool.called", session=session.id, trace=session.trace, ok=outcome.error is None, kind=outcome.kind or None,
+            ms=elapsed, bytes=outcome.size, **where,
+        )  # fmt: skip
         answer = outcome.value if outcome.error is None else outcome.error
         session.tool_calls.append(
             ToolCall(
@@ -470,7 +522,26 @@ class SessionManager:
         )
         if outcome.error is not None:
             raise RemoteError(TOOL_ERROR, redact(outcome.error, self.secrets), {"kind": outcome.kind, **where})
+        if session.result_bytes > session.policy.max_result_bytes_per_execution:
+            limit = session.policy.max_result_bytes_per_execution
+            message = f"this execution received more than {limit} bytes of tool results; the result was withheld"
+            self.audit.record("policy.refused", session=session.id, trace=session.trace, kind="quota", reason=message,
+                              **where)  # fmt: skip
+            raise RemoteError(TOOL_ERROR, message, {"kind": "quota", **where})
         return redact(outcome.value, self.secrets)
+
+    def _check_quota(self, session: Session) -> None:
+        """Raises: PolicyRefusal when a call would exceed one of the session's quotas."""
+        policy = session.policy
+        if len(session.tool_calls) + session.calls_in_flight >= policy.max_tool_calls_per_execution:
+            raise PolicyRefusal("quota", f"at most {policy.max_tool_calls_per_execution} tool calls per execution")
+        if session.calls_total >= policy.max_tool_calls:
+            raise PolicyRefusal("quota", f"at most {policy.max_tool_calls} tool calls per session")
+        if session.calls_in_flight >= policy.max_concurrent_tool_calls:
+            raise PolicyRefusal("quota", f"at most {policy.max_concurrent_tool_calls} tool calls at once")
+
+    def _on_violation(self, session: Session, what: str) -> None:
+        self.audit.record("bridge.violation", session=session.id, trace=session.trace or None, what=what)
 
     def _runtime_environment(self) -> dict[str, str]:
         """The sandbox runtime's knobs; nothing secret ever goes here."""
@@ -489,7 +560,7 @@ class SessionManager:
                 if not session.busy and idle_expired(now, session.last_used, session.limits.ttl_s):
                     logger.info("session %s idle for %.0f s: deleting", session.id, now - session.last_used)
                     try:
-                        await self.delete(session.id)
+                        await self.delete(session.id, "idle")
                     except SessionNotFound:
                         pass
                     except MCPXError:

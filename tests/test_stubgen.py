@@ -447,6 +447,7 @@ Servers:
 from mcpx_runtime.tools import (
     InvalidArguments,
     InvalidResult,
+    QuotaExceeded,
     ServerUnavailable,
     ToolError,
     ToolNotAllowed,
@@ -463,6 +464,7 @@ __all__ = [
     'SERVERS',
     'InvalidArguments',
     'InvalidResult',
+    'QuotaExceeded',
     'ServerUnavailable',
     'ToolError',
     'ToolNotAllowed',

@@ -55,6 +55,12 @@ class ServerUnavailable(ToolError):
     kind = "unavailable"
 
 
+class QuotaExceeded(ToolError):
+    """The session's policy allows no more calls (or result bytes) now; nothing was sent to the server."""
+
+    kind = "quota"
+
+
 class InvalidResult(ToolError):
     """The server answered with a result that breaks its own schema or the protocol."""
 
@@ -63,7 +69,15 @@ class InvalidResult(ToolError):
 
 ERRORS: dict[str, type[ToolError]] = {
     error.kind: error
-    for error in (ToolError, ToolNotAllowed, InvalidArguments, ToolTimeout, ServerUnavailable, InvalidResult)
+    for error in (
+        ToolError,
+        ToolNotAllowed,
+        InvalidArguments,
+        ToolTimeout,
+        ServerUnavailable,
+        QuotaExceeded,
+        InvalidResult,
+    )
 }
 
 
