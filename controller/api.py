@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,15 +14,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-from fastapi import Body, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import discovery, stubgen
 from controller.audit import AuditLog
-from controller.catalog import Catalog
+from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import Limits, Settings, secrets_of
 from controller.errors import (
+    ConfigError,
     GVisorRequired,
     MCPXError,
     RuntimeUnavailable,
@@ -28,11 +32,13 @@ from controller.errors import (
     SessionNotFound,
     ToolNotFound,
     UnknownServers,
+    WorkspaceError,
 )
 from controller.policy import Policy
 from controller.runtime import DockerBackend, SandboxBackend
 from controller.sessions import ExecutionResult, Session, SessionManager, TokenReport
 from controller.shaping import Strategy, Tokens
+from controller.tenants import Tenants, load_keys
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,19 @@ class SessionInfo(BaseModel):
     restarts: int
     idle_s: float
     tokens: TokenReport
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionInfo]
+
+
+class FileInfo(BaseModel):
+    path: str = Field(description="Relative to the workspace (/workspace in the sandbox).")
+    size: int
+
+
+class FileList(BaseModel):
+    files: list[FileInfo]
 
 
 class ExecutionRequest(BaseModel):
@@ -130,6 +149,14 @@ class Problem(BaseModel):
     detail: str
 
 
+class Unauthorized(MCPXError):
+    """A missing or unknown API key."""
+
+
+class FileProblem(MCPXError):
+    """A workspace path that is missing, not confined, or not a regular file."""
+
+
 class BadRequest(MCPXError):
     """A request that validates as JSON but asks for something out of bounds."""
 
@@ -139,6 +166,8 @@ class BadRequest(MCPXError):
 
 
 ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
+    (Unauthorized, 401, "unauthorized"),
+    (FileProblem, 404, "file_not_found"),
     (SessionNotFound, 404, "session_not_found"),
     (ToolNotFound, 404, "tool_not_found"),
     (SessionLimitReached, 429, "session_limit_reached"),
@@ -184,6 +213,30 @@ def resolve_limits(settings: Settings, request: SessionRequest) -> Limits:
     return limits
 
 
+async def authenticated_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The caller's tenant, from `Authorization: Bearer <key>`. Raises: Unauthorized."""
+    tenants: Tenants = request.app.state.tenants
+    scheme, _, key = (authorization or "").partition(" ")
+    found = tenants.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+    if found is None:
+        raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")
+    return found
+
+
+Tenant = Annotated[str, Depends(authenticated_tenant)]
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
 def session_info(session: Session, now: float) -> SessionInfo:
     return SessionInfo(
         id=session.id,
@@ -209,6 +262,9 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     """
     servers = settings.servers()
     catalog = Catalog(servers)
+    tenants = Tenants(load_keys(settings.api_keys, settings.api_keys_file), settings.tenants)
+    if not tenants.enabled and not is_loopback(settings.host):
+        raise ConfigError(f"refusing to serve on {settings.host} without API keys: set MCPX_API_KEYS or bind loopback")
     tokens = Tokens()
     audit = AuditLog(settings.audit_log or settings.state_dir / "audit.log")
     manager = SessionManager(
@@ -230,6 +286,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
 
     app = FastAPI(title="mcpx", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
+    app.state.tenants = tenants
     error_responses: dict[int | str, dict[str, object]] = {
         code: {"model": Problem} for code in (404, 422, 429, 502, 503)
     }
@@ -250,37 +307,134 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
         detail = f"Docker is unreachable or the image {settings.image} is missing"
         return JSONResponse({"error": "not_ready", "detail": detail, "servers": servers}, status_code=503)
 
+    def visible(caller: str) -> CatalogSnapshot:
+        servers = tenants.config(caller).servers
+        return catalog.snapshot.only(frozenset(servers) if servers is not None else None)
+
+    @app.get("/v1/sessions", tags=["sessions"], responses=error_responses)
+    async def list_sessions(caller: Tenant) -> SessionList:
+        now = time.monotonic()
+        return SessionList(sessions=[session_info(session, now) for session in manager.of_tenant(caller)])
+
     @app.post("/v1/sessions", status_code=201, tags=["sessions"], responses=error_responses)
-    async def create_session(request: Annotated[SessionRequest | None, Body()] = None) -> SessionInfo:
+    async def create_session(caller: Tenant, request: Annotated[SessionRequest | None, Body()] = None) -> SessionInfo:
         request = request or SessionRequest()
+        config = tenants.config(caller)
         servers = frozenset(request.servers) if request.servers is not None else None
-        session = await manager.create(resolve_limits(settings, request), request.runtime, servers, request.policy)
+        if config.servers is not None:
+            allowed = frozenset(config.servers)
+            if servers is not None and not servers <= allowed:
+                raise UnknownServers(sorted(servers - allowed))
+            servers = allowed if servers is None else servers
+        policy = (request.policy or settings.policy).within(config.policy or settings.policy)
+        limits = resolve_limits(settings, request)
+        session = await manager.create(caller, limits, request.runtime, servers, policy, config.max_sessions)
         return session_info(session, session.last_used)
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"], responses=error_responses)
-    async def get_session(session_id: str) -> SessionInfo:
-        return session_info(manager.get(session_id), time.monotonic())
+    async def get_session(caller: Tenant, session_id: str) -> SessionInfo:
+        return session_info(manager.get(session_id, caller), time.monotonic())
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"], responses=error_responses)
-    async def delete_session(session_id: str) -> Response:
+    async def delete_session(caller: Tenant, session_id: str) -> Response:
+        manager.get(session_id, caller)
         await manager.delete(session_id)
         return Response(status_code=204)
 
-    @app.post("/v1/sessions/{session_id}/executions", tags=["executions"], responses=error_responses)
-    async def execute(session_id: str, request: ExecutionRequest) -> ExecutionResult:
+    @app.post(
+        "/v1/sessions/{session_id}/executions",
+        response_model=ExecutionResult,
+        tags=["executions"],
+        responses={**error_responses, 200: {"content": {"text/event-stream": {}}}},
+    )
+    async def execute(
+        caller: Tenant, session_id: str, request: ExecutionRequest, accept: Annotated[str, Header()] = ""
+    ) -> Any:
+        """Run code in the session. With `Accept: text/event-stream`, stream `output` and `tool_call` events as
+        they happen, then one `result` event; a client that disconnects stops the execution."""
+        session = manager.get(session_id, caller)
         if len(request.code.encode()) > settings.max_code_bytes:
             raise BadRequest(f"code is larger than {settings.max_code_bytes} bytes", status=413)
         if request.timeout_s is not None and request.timeout_s > settings.max_timeout_s:
             raise BadRequest(f"timeout_s must be at most {settings.max_timeout_s}")
-        return await manager.execute(
-            session_id, request.code, request.timeout_s, None, request.max_output_tokens, request.strategy
+        options = (request.timeout_s, request.max_output_tokens, request.strategy)
+        if "text/event-stream" not in accept:
+            return await manager.execute(session, request.code, options[0], None, options[1], options[2])
+        return StreamingResponse(stream(session, request.code, *options), media_type="text/event-stream")
+
+    async def stream(
+        session: Session, code: str, timeout_s: float | None, budget: int | None, strategy: Strategy | None
+    ) -> AsyncIterator[str]:
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        running = asyncio.create_task(
+            manager.execute(
+                session, code, timeout_s, lambda kind, data: events.put_nowait((kind, data)), budget, strategy
+            )
         )
+        running.add_done_callback(lambda task: events.put_nowait(("done", None)))
+        try:
+            while (item := await events.get())[0] != "done":
+                yield sse(*item)
+            yield sse("result", running.result().model_dump(mode="json"))
+        finally:
+            if not running.done():  # the client went away: stop the code, let the execution end on its own
+                background.add(asyncio.create_task(manager.interrupt(session)))
+                background.add(running)
+                running.add_done_callback(background.discard)
+
+    background: set[asyncio.Task[Any]] = set()
+
+    @app.get("/v1/sessions/{session_id}/files", tags=["files"], responses=error_responses)
+    async def list_files(caller: Tenant, session_id: str) -> FileList:
+        session = manager.get(session_id, caller)
+        found = await anyio.to_thread.run_sync(manager.workspaces.listing, session.workspace_dir)
+        return FileList(files=[FileInfo(path=path, size=size) for path, size in found])
+
+    @app.get(
+        "/v1/sessions/{session_id}/files/{path:path}",
+        tags=["files"],
+        responses={**error_responses, 200: {"content": {"application/octet-stream": {}}}},
+    )
+    async def download(caller: Tenant, session_id: str, path: str) -> Response:
+        session = manager.get(session_id, caller)
+        try:
+            data = await anyio.to_thread.run_sync(
+                manager.workspaces.read, session.workspace_dir, path, settings.max_upload_bytes * 4
+            )
+        except WorkspaceError as exc:
+            raise FileProblem(str(exc)) from exc
+        return Response(data, media_type="application/octet-stream")
+
+    @app.put("/v1/sessions/{session_id}/files/{path:path}", status_code=201, tags=["files"], responses=error_responses)
+    async def upload(caller: Tenant, session_id: str, path: str, request: Request) -> FileInfo:
+        session = manager.get(session_id, caller)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_upload_bytes:
+                raise BadRequest(f"the file is larger than {settings.max_upload_bytes} bytes", status=413)
+        try:
+            await anyio.to_thread.run_sync(manager.workspaces.write, session.workspace_dir, path, bytes(body))
+        except WorkspaceError as exc:
+            raise FileProblem(str(exc)) from exc
+        return FileInfo(path=path, size=len(body))
+
+    @app.delete(
+        "/v1/sessions/{session_id}/files/{path:path}", status_code=204, tags=["files"], responses=error_responses
+    )
+    async def delete_file(caller: Tenant, session_id: str, path: str) -> Response:
+        session = manager.get(session_id, caller)
+        try:
+            await anyio.to_thread.run_sync(manager.workspaces.delete, session.workspace_dir, path)
+        except WorkspaceError as exc:
+            raise FileProblem(str(exc)) from exc
+        return Response(status_code=204)
 
     costs: dict[str, dict[str, int]] = {}
 
     @app.get("/v1/tools", tags=["tools"])
-    async def list_tools() -> ToolListing:
-        snapshot = catalog.snapshot
+    async def list_tools(caller: Tenant) -> ToolListing:
+        snapshot = visible(caller)
         if snapshot.digest not in costs:
             costs[snapshot.digest] = await anyio.to_thread.run_sync(discovery.token_costs, snapshot, tokens)
         statuses = {status.name: status for status in catalog.statuses()}
@@ -289,21 +443,24 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
             servers=[
                 ServerListing(**entry, state=statuses[entry["name"]].state) for entry in discovery.listing(snapshot)
             ],
-            unavailable=[asdict(s) for s in statuses.values() if snapshot.server(s.name) is None],
+            unavailable=[
+                asdict(s) for s in statuses.values() if s.state != "ready" and snapshot.server(s.name) is None
+            ],
             tokens=costs[snapshot.digest],
         )
 
     @app.get("/v1/tools/search", tags=["tools"])
     async def search_tools(
+        caller: Tenant,
         q: str = "",
         detail: Literal["name", "description", "full"] = "description",
         limit: int = Query(10, ge=1, le=100),
     ) -> list[dict[str, Any]]:
-        return discovery.search(catalog.snapshot, q, detail, limit)
+        return discovery.search(visible(caller), q, detail, limit)
 
     @app.get("/v1/tools/{server}/{tool}", tags=["tools"], responses={404: {"model": Problem}})
-    async def get_tool(server: str, tool: str) -> ToolDetail:
-        snapshot = catalog.snapshot
+    async def get_tool(caller: Tenant, server: str, tool: str) -> ToolDetail:
+        snapshot = visible(caller)
         info = snapshot.tool(server, tool)
         if info is None:
             raise ToolNotFound(server, tool)

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controller.errors import ConfigError
 from controller.policy import Policy
+from controller.tenants import TenantConfig
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -195,6 +196,14 @@ class Settings(BaseSettings):
     """Default token budget of an execution's response (stdout, stderr, result and traceback together)."""
     output_strategy: Literal["truncate", "summarize", "sample"] = "truncate"
     """Default way to fit output over its budget: head and tail, JSON shape, or representative lines."""
+    api_keys: str | None = Field(default=None, repr=False)
+    """API keys as `tenant:key,tenant:key` (at least 16 characters each); without any, only loopback is served."""
+    api_keys_file: Path | None = None
+    """A file of `tenant:key` lines, read at start (in addition to MCPX_API_KEYS)."""
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    """Per-tenant restrictions as JSON: `{"team-a": {"servers": ["crm"], "max_sessions": 4, "policy": {...}}}`."""
+    max_upload_bytes: int = 64 * 1024 * 1024
+    """Largest file a client may upload into a workspace."""
     policy: Policy = Policy()
     """Server-wide tool-call policy and quotas; a session may ask for a stricter one, never a looser one."""
     audit_log: Path | None = None

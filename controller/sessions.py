@@ -59,7 +59,8 @@ TOOL_ERROR = -32010
 DETAILS: dict[str, discovery.Detail] = {"name": "name", "description": "description", "full": "full"}
 # How long past its own timeout (and kill grace) an execution may take before the sandbox is presumed hung.
 HUNG_MARGIN_S = 5.0
-OutputListener = Callable[[str, str], None]
+# Called with ("output", {"stream", "text"}) and ("tool_call", ToolCall fields) while an execution runs.
+EventListener = Callable[[str, dict[str, Any]], None]
 
 
 class ExecutionError(BaseModel):
@@ -144,12 +145,13 @@ class Session:
     servers: frozenset[str] | None
     tools_dir: Path
     policy: Policy
+    tenant: str
     container_id: str | None = None
     last_used: float = field(default_factory=time.monotonic)
     executions: int = 0
     restarts: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    listener: OutputListener | None = None
+    listener: EventListener | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     tokens: TokenReport = field(default_factory=TokenReport)
     trace: str = ""
@@ -172,7 +174,7 @@ class Session:
     def on_notification(self, method: str, params: dict[str, Any]) -> None:
         stream, text = params.get("stream"), params.get("text")
         if method == "output" and self.listener and stream in ("stdout", "stderr") and isinstance(text, str):
-            self.listener(stream, text)
+            self.listener("output", {"stream": stream, "text": text})
 
 
 class SessionManager:
@@ -242,19 +244,24 @@ class SessionManager:
                 await self._reaper
         await asyncio.gather(*(self.delete(session_id, "shutdown") for session_id in list(self.sessions)))
 
-    def get(self, session_id: str) -> Session:
-        """Raises: SessionNotFound."""
-        try:
-            return self.sessions[session_id]
-        except KeyError:
-            raise SessionNotFound(session_id) from None
+    def get(self, session_id: str, tenant: str) -> Session:
+        """The tenant's session; another tenant's is as unknown as a missing one. Raises: SessionNotFound."""
+        session = self.sessions.get(session_id)
+        if session is None or not secrets.compare_digest(session.tenant, tenant):
+            raise SessionNotFound(session_id)
+        return session
+
+    def of_tenant(self, tenant: str) -> list[Session]:
+        return [session for session in self.sessions.values() if session.tenant == tenant]
 
     async def create(
         self,
+        tenant: str,
         limits: Limits,
         runtime: str | None = None,
         servers: frozenset[str] | None = None,
         policy: Policy | None = None,
+        max_sessions: int | None = None,
     ) -> Session:
         """Start a session with its own sandbox, on `runtime` or the controller's default one, allowed to call
         the tools of `servers` (None: every configured server).
@@ -267,6 +274,8 @@ class SessionManager:
         """
         if len(self.sessions) >= self.settings.max_sessions:
             raise SessionLimitReached(self.settings.max_sessions)
+        if max_sessions is not None and len(self.of_tenant(tenant)) >= max_sessions:
+            raise SessionLimitReached(max_sessions)
         runtime = (
             self.runtime if runtime is None else choose_runtime(self.runtimes, runtime, self.settings.require_gvisor)
         )
@@ -279,7 +288,9 @@ class SessionManager:
         bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
         effective = (policy or self.settings.policy).within(self.settings.policy)
         created = datetime.now(UTC)
-        session = Session(session_id, limits, runtime, directory, bridge, created, servers, tools_dir, effective)
+        session = Session(
+            session_id, limits, runtime, directory, bridge, created, servers, tools_dir, effective, tenant
+        )
         bridge.on_notification = session.on_notification
         bridge.on_violation = functools.partial(self._on_violation, session)
         bridge.on_request = functools.partial(self._on_sandbox_request, session)
@@ -294,8 +305,8 @@ class SessionManager:
             await self.delete(session_id, "failed start")
             raise
         self.audit.record(
-            "session.created", session=session_id, runtime=runtime, servers=sorted(servers) if servers else None,
-            limits=limits.model_dump(), policy=effective.model_dump(),
+            "session.created", session=session_id, tenant=tenant, runtime=runtime,
+            servers=sorted(servers) if servers else None, limits=limits.model_dump(), policy=effective.model_dump(),
         )  # fmt: skip
         return session
 
@@ -304,7 +315,13 @@ class SessionManager:
         session = self.sessions.pop(session_id, None)
         if session is None:
             raise SessionNotFound(session_id)
-        self.audit.record("session.deleted", session=session_id, reason=reason, tokens=session.tokens.model_dump())
+        self.audit.record(
+            "session.deleted",
+            session=session_id,
+            tenant=session.tenant,
+            reason=reason,
+            tokens=session.tokens.model_dump(),
+        )
         try:
             if session.container_id is not None:
                 await self.backend.remove(session.container_id)
@@ -315,10 +332,10 @@ class SessionManager:
 
     async def execute(
         self,
-        session_id: str,
+        session: Session,
         code: str,
         timeout_s: float | None = None,
-        listener: OutputListener | None = None,
+        listener: EventListener | None = None,
         max_output_tokens: int | None = None,
         strategy: Strategy | None = None,
     ) -> ExecutionResult:
@@ -326,10 +343,8 @@ class SessionManager:
         session run one at a time.
 
         Raises:
-            SessionNotFound: unknown session.
             SandboxError: the sandbox died and could not be restarted.
         """
-        session = self.get(session_id)
         timeout = timeout_s if timeout_s is not None else session.limits.timeout_s
         async with session.lock:
             session.last_used = time.monotonic()
@@ -398,6 +413,11 @@ class SessionManager:
         )
         session.tokens = session.tokens.add(result.tokens)
         return result
+
+    async def interrupt(self, session: Session) -> None:
+        """Stop the running execution, as a timeout does (interrupt, then kill after the grace period)."""
+        with contextlib.suppress(BridgeClosed, BridgeTimeout, RemoteError):
+            await session.bridge.request("interrupt", {}, timeout_s=5)
 
     async def _execute(self, session: Session, code: str, timeout_s: float) -> ExecutionResult:
         started = time.monotonic()
@@ -509,17 +529,18 @@ class SessionManager:
             ms=elapsed, bytes=outcome.size, **where,
         )  # fmt: skip
         answer = outcome.value if outcome.error is None else outcome.error
-        session.tool_calls.append(
-            ToolCall(
-                server=info.server,
-                tool=info.name,
-                ok=outcome.error is None,
-                ms=elapsed,
-                bytes=outcome.size,
-                tokens=await anyio.to_thread.run_sync(self.tokens.count_json, answer),
-                call_tokens=self.tokens.count_json({"name": info.name, "arguments": params["arguments"]}),
-            )
+        call = ToolCall(
+            server=info.server,
+            tool=info.name,
+            ok=outcome.error is None,
+            ms=elapsed,
+            bytes=outcome.size,
+            tokens=await anyio.to_thread.run_sync(self.tokens.count_json, answer),
+            call_tokens=self.tokens.count_json({"name": info.name, "arguments": params["arguments"]}),
         )
+        session.tool_calls.append(call)
+        if session.listener is not None:
+            session.listener("tool_call", call.model_dump())
         if outcome.error is not None:
             raise RemoteError(TOOL_ERROR, redact(outcome.error, self.secrets), {"kind": outcome.kind, **where})
         if session.result_bytes > session.policy.max_result_bytes_per_execution:

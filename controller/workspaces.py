@@ -8,10 +8,12 @@ are plain directories and the cap is not enforced; `Workspaces.capped` says whic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from controller.errors import WorkspaceError
@@ -67,6 +69,7 @@ class Workspaces:
         owner = f"root_owner={self.uid}:{self.gid}"
         await run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", owner, str(image))
         await run("mount", "-o", "loop,nodev,nosuid", str(image), str(directory))
+        (directory / "lost+found").rmdir()  # root-owned clutter the sandbox could not remove
 
     async def remove(self, directory: Path) -> None:
         """Unmount and delete a workspace and its image; missing parts are fine."""
@@ -81,28 +84,15 @@ class Workspaces:
             await run("umount", "-l", str(mount_point))
 
     def write(self, directory: Path, relative: str, data: bytes) -> None:
-        """Write a file inside a workspace the sandbox controls: no component may be a symlink, `..`, absolute,
-        or anything but a directory or regular file, so hostile code cannot aim the controller's write elsewhere.
+        """Write a file inside a workspace the sandbox controls, creating its directories; the file and the
+        directories belong to the sandbox user.
 
         Raises:
             WorkspaceError: the path is not confined to the workspace, or the write failed.
         """
-        parts = PurePosixPath(relative).parts
-        if not parts or PurePosixPath(relative).is_absolute() or any(part in ("..", ".") for part in parts):
-            raise WorkspaceError(f"path {relative!r} is not inside the workspace")
-        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            for part in parts[:-1]:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=directory_fd)
-                    os.chown(part, self.uid, self.gid, dir_fd=directory_fd, follow_symlinks=False)
-                except FileExistsError:
-                    pass
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory_fd)
-                os.close(directory_fd)
-                directory_fd = child
+        with self._parent(directory, relative, create=True) as (parent, name):
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
-            file_fd = os.open(parts[-1], flags, 0o644, dir_fd=directory_fd)
+            file_fd = os.open(name, flags, 0o644, dir_fd=parent)
             try:
                 if not stat.S_ISREG(os.fstat(file_fd).st_mode):
                     raise WorkspaceError(f"{relative!r} is not a regular file")
@@ -112,10 +102,77 @@ class Workspaces:
                     remaining = remaining[os.write(file_fd, remaining) :]
             finally:
                 os.close(file_fd)
+
+    def read(self, directory: Path, relative: str, limit: int) -> bytes:
+        """A regular file's content, at most `limit` bytes. Raises: WorkspaceError (missing, not confined, too big)."""
+        with self._parent(directory, relative, create=False) as (parent, name):
+            file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+            try:
+                info = os.fstat(file_fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise WorkspaceError(f"{relative!r} is not a regular file")
+                if info.st_size > limit:
+                    raise WorkspaceError(f"{relative!r} is larger than {limit} bytes")
+                chunks, size = [], 0
+                while chunk := os.read(file_fd, 1024 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise WorkspaceError(f"{relative!r} is larger than {limit} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+            finally:
+                os.close(file_fd)
+
+    def delete(self, directory: Path, relative: str) -> None:
+        """Remove a file (a symlink itself, never its target). Raises: WorkspaceError."""
+        with self._parent(directory, relative, create=False) as (parent, name):
+            if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                raise WorkspaceError(f"{relative!r} is a directory")
+            os.unlink(name, dir_fd=parent)
+
+    @staticmethod
+    def listing(directory: Path, limit: int = 10_000) -> list[tuple[str, int]]:
+        """Regular files below the workspace with their sizes; symlinks are neither followed nor listed."""
+        found: list[tuple[str, int]] = []
+        for root, _dirs, files, root_fd in os.fwalk(directory, follow_symlinks=False):
+            for name in files:
+                info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode):
+                    found.append((os.path.relpath(os.path.join(root, name), directory), info.st_size))
+                    if len(found) >= limit:
+                        return sorted(found)
+        return sorted(found)
+
+    @contextlib.contextmanager
+    def _parent(self, directory: Path, relative: str, *, create: bool) -> Iterator[tuple[int, str]]:
+        """The directory fd holding `relative`'s last component, reached without following any symlink.
+
+        Raises:
+            WorkspaceError: an absolute path, `..`, a component that is a symlink or not a directory, or any OSError.
+        """
+        path = PurePosixPath(relative)
+        parts = path.parts
+        if not parts or path.is_absolute() or any(part in ("..", ".") for part in parts) or "\0" in relative:
+            raise WorkspaceError(f"path {relative!r} is not inside the workspace")
+        fd = -1
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            for part in parts[:-1]:
+                if create:
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                        os.chown(part, self.uid, self.gid, dir_fd=fd, follow_symlinks=False)
+                    except FileExistsError:
+                        pass
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            yield fd, parts[-1]
         except OSError as exc:
-            raise WorkspaceError(f"cannot write {relative!r} in the workspace: {exc.strerror}") from exc
+            raise WorkspaceError(f"{relative!r}: {exc.strerror or exc}") from exc
         finally:
-            os.close(directory_fd)
+            if fd >= 0:
+                os.close(fd)
 
     @staticmethod
     def image_of(directory: Path) -> Path:
