@@ -129,7 +129,7 @@ def secrets_of(servers: Mapping[str, StdioServer | HttpServer]) -> set[str]:
 class Limits(BaseModel):
     """Resource limits of one session; a request may ask for others up to the `max_*` settings."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     timeout_s: float = 30.0
     """Default time limit of one execution, in seconds."""
@@ -144,7 +144,9 @@ class Limits(BaseModel):
 class Settings(BaseSettings):
     """Every setting of the controller; defaults run on one laptop."""
 
-    model_config = SettingsConfigDict(env_prefix="MCPX_", env_nested_delimiter="__", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="MCPX_", env_nested_delimiter="__", frozen=True, use_attribute_docstrings=True
+    )
 
     host: str = "127.0.0.1"
     """Address the HTTP API binds to."""
@@ -218,3 +220,23 @@ class Settings(BaseSettings):
         if self.servers_file is None:
             return demo_servers()
         return load_servers(self.servers_file, os.environ if environ is None else environ)
+
+
+def reference() -> str:
+    """The configuration reference as a Markdown table, generated from `Settings` (the README embeds it)."""
+    rows = ["| environment variable | default | meaning |", "|---|---|---|"]
+
+    def add(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            variable = f"{prefix}{name.upper()}"
+            nested = info.annotation if isinstance(info.annotation, type) else None
+            if nested is not None and issubclass(nested, BaseModel) and name in ("defaults", "policy"):
+                add(nested, f"{variable}__")
+                continue
+            default = info.get_default(call_default_factory=True)
+            shown = "" if default is None or default in ({}, []) else f"`{json.dumps(default, default=str)}`"
+            meaning = " ".join((info.description or "").split()).replace("|", "\\|")
+            rows.append(f"| `{variable}` | {shown} | {meaning} |")
+
+    add(Settings, "MCPX_")
+    return "\n".join(rows) + "\n"

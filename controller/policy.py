@@ -57,15 +57,15 @@ def argument_problem(tool: ToolInfo, arguments: dict[str, Any]) -> str | None:
 class Policy(BaseModel):
     """What a session's code may do beyond its server allowlist; every field has a server-wide default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     tools: list[str] | None = Field(
         default=None, description='Tools the code may call, as "server/tool"; default: every tool of its servers.'
     )
     read_only: bool = Field(default=False, description="Only tools their server marks readOnlyHint.")
-    max_tool_calls_per_execution: int = Field(default=1000, ge=0)
+    max_tool_calls_per_execution: int = Field(default=1000, ge=0, description="Tool calls one execution may make.")
     max_tool_calls: int = Field(default=100_000, ge=0, description="Tool calls over the session's lifetime.")
-    max_concurrent_tool_calls: int = Field(default=16, ge=1)
+    max_concurrent_tool_calls: int = Field(default=16, ge=1, description="Tool calls in flight at once.")
     max_result_bytes_per_execution: int = Field(
         default=256 * 1024 * 1024, ge=0, description="Bytes of tool results one execution may receive."
     )
