@@ -192,6 +192,8 @@ class Settings(BaseSettings):
     """Size of the sandbox's /tmp (tmpfs, counted against its memory)."""
     workspace_size_mb: int = 1024
     """Size cap of a session's workspace (a loop-mounted ext4 file when the host allows, else unenforced)."""
+    warm_pool_size: int = Field(default=2, ge=0)
+    """Sandboxes kept started for sessions of the default profile, so creating one is a claim, not a boot."""
     reap_interval_s: float = 5.0
     """How often idle sessions are looked for."""
     max_output_tokens: int = Field(default=4000, ge=16)

@@ -145,7 +145,8 @@ class Session:
     servers: frozenset[str] | None
     tools_dir: Path
     policy: Policy
-    tenant: str
+    tenant: str = ""
+    warm: bool = False
     container_id: str | None = None
     last_used: float = field(default_factory=time.monotonic)
     executions: int = 0
@@ -196,6 +197,9 @@ class SessionManager:
         self.catalog = catalog
         self.secrets = secrets
         self._trees: dict[str, Path] = {}
+        self.pool: list[Session] = []
+        self._refill = asyncio.Event()
+        self._filler: asyncio.Task[None] | None = None
         self.sessions: dict[str, Session] = {}
         uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
         self.workspaces = Workspaces(settings.workspace_size_mb, uid, gid)
@@ -236,13 +240,22 @@ class SessionManager:
         self.runtimes = await self.backend.runtimes()
         self.runtime = choose_runtime(self.runtimes, self.settings.runtime, self.settings.require_gvisor)
         self._reaper = asyncio.create_task(self._reap_forever())
+        if self.settings.warm_pool_size:
+            self.catalog.listeners.append(lambda _snapshot: self._refill.set())
+            self._filler = asyncio.create_task(self._fill_pool())
+            self._refill.set()
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-        await asyncio.gather(*(self.delete(session_id, "shutdown") for session_id in list(self.sessions)))
+        for task in (self._reaper, self._filler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        pooled, self.pool = self.pool, []
+        await asyncio.gather(
+            *(self.delete(session_id, "shutdown") for session_id in list(self.sessions)),
+            *(self._destroy(session) for session in pooled),
+        )
 
     def get(self, session_id: str, tenant: str) -> Session:
         """The tenant's session; another tenant's is as unknown as a missing one. Raises: SessionNotFound."""
@@ -264,7 +277,8 @@ class SessionManager:
         max_sessions: int | None = None,
     ) -> Session:
         """Start a session with its own sandbox, on `runtime` or the controller's default one, allowed to call
-        the tools of `servers` (None: every configured server).
+        the tools of `servers` (None: every configured server). A warm sandbox of the same profile is claimed
+        when the pool has one.
 
         Raises:
             SessionLimitReached: too many sessions.
@@ -283,18 +297,32 @@ class SessionManager:
         if unknown:
             raise UnknownServers(unknown)
         tools_dir = await self.stubs_for(self.catalog.snapshot.only(servers))
+        session = self._claim(runtime, limits, servers, tools_dir) or await self._start(
+            runtime, limits, servers, tools_dir
+        )
+        session.tenant = tenant
+        session.policy = (policy or self.settings.policy).within(self.settings.policy)
+        session.created_at = datetime.now(UTC)
+        session.last_used = time.monotonic()
+        self.sessions[session.id] = session
+        self.audit.record(
+            "session.created", session=session.id, tenant=tenant, runtime=runtime, warm=session.warm,
+            servers=sorted(servers) if servers else None, limits=limits.model_dump(),
+            policy=session.policy.model_dump(),
+        )  # fmt: skip
+        return session
+
+    async def _start(self, runtime: str, limits: Limits, servers: frozenset[str] | None, tools_dir: Path) -> Session:
+        """A new session's sandbox, started and connected, not yet anyone's."""
         session_id = secrets.token_hex(8)
         directory = self.sessions_dir / session_id
         bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
-        effective = (policy or self.settings.policy).within(self.settings.policy)
-        created = datetime.now(UTC)
         session = Session(
-            session_id, limits, runtime, directory, bridge, created, servers, tools_dir, effective, tenant
+            session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir, self.settings.policy
         )
         bridge.on_notification = session.on_notification
         bridge.on_violation = functools.partial(self._on_violation, session)
         bridge.on_request = functools.partial(self._on_sandbox_request, session)
-        self.sessions[session_id] = session
         try:
             session.directory.mkdir(mode=0o711)
             session.socket_dir.mkdir(mode=0o755)
@@ -302,13 +330,38 @@ class SessionManager:
             await bridge.start()
             await self._boot(session)
         except BaseException:
-            await self.delete(session_id, "failed start")
+            await self._destroy(session)
             raise
-        self.audit.record(
-            "session.created", session=session_id, tenant=tenant, runtime=runtime,
-            servers=sorted(servers) if servers else None, limits=limits.model_dump(), policy=effective.model_dump(),
-        )  # fmt: skip
         return session
+
+    def _claim(self, runtime: str, limits: Limits, servers: frozenset[str] | None, tools_dir: Path) -> Session | None:
+        """A warm sandbox of exactly this profile, if the pool has one (it refills in the background)."""
+        for index, session in enumerate(self.pool):
+            same = (session.runtime, session.limits, session.servers, session.tools_dir)
+            if same == (runtime, limits, servers, tools_dir) and session.bridge.is_connected:
+                del self.pool[index]
+                session.warm = True
+                self._refill.set()
+                return session
+        return None
+
+    async def _fill_pool(self) -> None:
+        """Keep `warm_pool_size` sandboxes of the default profile started; recycle those of an older catalog."""
+        while True:
+            await self._refill.wait()
+            self._refill.clear()
+            tools_dir = await self.stubs_for(self.catalog.snapshot)
+            stale = [session for session in self.pool if session.tools_dir != tools_dir]
+            self.pool = [session for session in self.pool if session not in stale]
+            for session in stale:
+                await self._destroy(session)
+            while len(self.pool) < self.settings.warm_pool_size:
+                try:
+                    self.pool.append(await self._start(self.runtime, self.settings.defaults, None, tools_dir))
+                except MCPXError as exc:
+                    logger.warning("warm pool: cannot start a sandbox: %s", exc)
+                    await asyncio.sleep(self.settings.reap_interval_s)
+                    break
 
     async def delete(self, session_id: str, reason: str = "request") -> None:
         """Remove the session's sandbox, socket and workspace. Raises: SessionNotFound."""
@@ -322,6 +375,10 @@ class SessionManager:
             reason=reason,
             tokens=session.tokens.model_dump(),
         )
+        await self._destroy(session)
+
+    async def _destroy(self, session: Session) -> None:
+        """Free everything a session holds on the host; what is already gone is fine."""
         try:
             if session.container_id is not None:
                 await self.backend.remove(session.container_id)

@@ -76,6 +76,7 @@ def make_settings(state_dir: Path, **overrides: Any) -> Settings:
         "reap_interval_s": 0.2,
         "defaults": Limits(timeout_s=10, memory_mb=256),
         "workspace_size_mb": 32,
+        "warm_pool_size": 0,
     }
     return Settings(**{**values, **overrides})
 

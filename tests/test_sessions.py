@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from controller.config import Settings
-from tests.conftest import IMAGE, SessionFactory, execute, free_port, wait_until
+from tests.conftest import IMAGE, LiveServer, SessionFactory, execute, free_port, make_settings, wait_until
 
 
 def containers_of(docker_client: docker.DockerClient, label: str) -> list[str]:
@@ -110,7 +110,13 @@ def test_idle_session_is_deleted_after_its_ttl(
 
 
 def serve(state_dir: Path, port: int, controller_id: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MCPX_STATE_DIR": str(state_dir), "MCPX_CONTROLLER_ID": controller_id, "MCPX_IMAGE": IMAGE}
+    env = {
+        **os.environ,
+        "MCPX_STATE_DIR": str(state_dir),
+        "MCPX_CONTROLLER_ID": controller_id,
+        "MCPX_IMAGE": IMAGE,
+        "MCPX_WARM_POOL_SIZE": "0",
+    }
     command = [sys.executable, "-m", "controller.cli", "serve", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}/readyz"
@@ -144,4 +150,25 @@ def test_a_killed_controller_leaves_no_sandbox_behind_after_restart(tmp_path: Pa
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
+    assert containers_of(docker_client, label) == []
+
+
+def test_a_warm_pool_turns_session_creation_into_a_claim_and_refills(
+    tmp_path: Path, servers_file: Path, docker_client: docker.DockerClient
+):
+    settings = make_settings(tmp_path, servers_file=servers_file, controller_id=f"pool{os.getpid()}", warm_pool_size=2)
+    label = f"mcpx.controller={settings.controller_id}"
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=120) as client:
+        wait_until(lambda: len(containers_of(docker_client, label)) == 2, 60, "the pool to fill")
+        pooled = set(containers_of(docker_client, label))
+        created = client.post("/v1/sessions")
+        assert created.status_code == 201
+        session = created.json()["id"]
+        (claimed,) = docker_client.containers.list(filters={"label": f"mcpx.session={session}"})
+        assert claimed.id in pooled
+        assert execute(client, session, "print('warm')")["stdout"] == "warm\n"
+        wait_until(lambda: len(containers_of(docker_client, label)) == 3, 60, "the pool to refill")
+        other = client.post("/v1/sessions", json={"runtime": "runc"}).json()["id"]
+        (cold,) = docker_client.containers.list(filters={"label": f"mcpx.session={other}"})
+        assert cold.id not in pooled
     assert containers_of(docker_client, label) == []
