@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -68,6 +69,12 @@ class ServerInfo:
     description: str = ""
     tools: tuple[ToolInfo, ...] = ()
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A content hash of this server's part of the catalog, computed once."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class CatalogSnapshot:
@@ -75,11 +82,12 @@ class CatalogSnapshot:
 
     servers: tuple[ServerInfo, ...] = ()
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
-        """A content hash: equal catalogs share one stubs tree."""
-        canonical = json.dumps([asdict(server) for server in self.servers], sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        """A content hash: equal catalogs share one stubs tree (built from the servers' own, so a server that
+        changes costs one server's hashing, not the catalog's)."""
+        combined = "\n".join(server.digest for server in self.servers)
+        return hashlib.sha256(combined.encode()).hexdigest()[:32]
 
     def server(self, name: str) -> ServerInfo | None:
         return next((server for server in self.servers if server.name == name), None)
@@ -163,12 +171,19 @@ class ServerConnection:
         self.error: str | None = None
         self.protocol: str | None = None
         self.list_changes = 0
+        self._info: ServerInfo | None = None
         self.ready = asyncio.Event()
         self.settled = asyncio.Event()  # set once the first connection attempt succeeded or failed
         self._on_change = on_change
         self._client: Client | None = None
         self._lost = asyncio.Event()
         self._refresh_wanted = asyncio.Event()
+
+    def info(self) -> ServerInfo:
+        """This server's part of the catalog, rebuilt only when its tools or description changed."""
+        if self._info is None or self._info.tools is not self.tools or self._info.description != self.description:
+            self._info = ServerInfo(self.name, self.description, self.tools)
+        return self._info
 
     def status(self) -> ServerStatus:
         return ServerStatus(self.name, self.state, len(self.tools), self.error, self.protocol, self.list_changes)
@@ -337,11 +352,7 @@ class Catalog:
         return await connection.call(tool, arguments, connection.config.timeout_s)
 
     def _changed(self) -> None:
-        servers = tuple(
-            ServerInfo(name, connection.description, connection.tools)
-            for name, connection in sorted(self.connections.items())
-            if connection.tools
-        )
+        servers = tuple(connection.info() for _name, connection in sorted(self.connections.items()) if connection.tools)
         snapshot = CatalogSnapshot(servers)
         if snapshot.digest != self.snapshot.digest:
             self.snapshot = snapshot

@@ -17,7 +17,7 @@ WEIGHTS = (("name", 3.0), ("title", 2.0), ("server", 2.0), ("description", 1.0))
 
 def one_line(text: str, limit: int = 120) -> str:
     """The first sentence or line of a description, bounded."""
-    line = " ".join(text.strip().split("\n", 1)[0].split())
+    line = " ".join(text.strip().lstrip("#").strip().split("\n", 1)[0].split())
     sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
     return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
 

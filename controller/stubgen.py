@@ -435,13 +435,13 @@ def _server_module(plan: _ServerPlan) -> str:
 
 
 def _root_module(plans: list[_ServerPlan]) -> str:
-    listing = "\n".join(f"- {plan.ident}: {_one_line(plan.info.description)}" for plan in plans)
+    # The servers are listed once, in SERVERS: at a thousand tools this file is what an agent reads first.
     doc = (
         "The MCP servers this session may use, one package each: `from servers.<server> import <tool>`.\n\n"
+        "SERVERS below lists them with one line each; `servers/<server>/__init__.py` lists a server's tools.\n"
         "Every tool is a typed function; its file has the parameters and the full description.\n"
         '`search_tools(query, detail="name"|"description"|"full")` finds tools by what they do.\n'
-        "A failed call raises `ToolError` (or a subclass) with the server's message.\n\n"
-        f"Servers:\n{listing or '(none)'}"
+        "A failed call raises `ToolError` (or a subclass) with the server's message."
     )
     entries = "".join(f"    {plan.ident!r}: {_one_line(plan.info.description)!r},\n" for plan in plans)
     exports = ["SERVERS", *RUNTIME_EXPORTS]
