@@ -10,12 +10,13 @@ BASE ?=
 HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
+OVERLAY ?= dev
 # Third-party MCP servers the tests talk to, each in its own environment.
 SERVERS := .servers
 TIME_SERVER := $(SERVERS)/time/bin/mcp-server-time
 EVERYTHING_SERVER := $(SERVERS)/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
 
-.PHONY: help setup venv host image test-servers run test bench bench-tokens lint clean
+.PHONY: help setup venv host image test-servers run test test-security bench bench-tokens lint k8s-validate deploy clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +56,9 @@ run: setup ## Serve the API on $(HOST):$(PORT)
 test: setup test-servers ## Run the test suite against the real engine, image and MCP servers
 	MCPX_TEST_IMAGE=$(IMAGE) $(BIN)/pytest $(PYTEST_ARGS)
 
+test-security: setup test-servers ## Run only the adversarial suite (tests/security), under runsc and runc
+	MCPX_TEST_IMAGE=$(IMAGE) $(BIN)/pytest tests/security $(PYTEST_ARGS)
+
 bench: setup test-servers ## Latency benchmarks beside their baselines: tables on stdout, JSON in .bench/
 	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/sessions.py --out .bench/sessions.json
 	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/tools.py --out .bench/tools.json
@@ -63,9 +67,15 @@ bench-tokens: setup test-servers ## Token economy: direct tool calling against m
 	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/tokens.py --out .bench/tokens.json
 
 lint: venv ## ruff and strict mypy
-	$(BIN)/ruff check controller sandbox-image/mcpx_runtime tests
-	$(BIN)/ruff format --check controller sandbox-image/mcpx_runtime tests
+	$(BIN)/ruff check controller sandbox-image/mcpx_runtime tests k8s
+	$(BIN)/ruff format --check controller sandbox-image/mcpx_runtime tests k8s
 	$(BIN)/mypy
+
+k8s-validate: venv ## Render k8s/ with kustomize and validate it offline (schemas and our rules)
+	$(BIN)/python k8s/validate.py
+
+deploy: k8s-validate ## Apply k8s/overlays/$(OVERLAY) to the current kubectl context
+	$(BIN)/kubectl apply -k k8s/overlays/$(OVERLAY)
 
 clean: ## Remove the venv, caches and this host's mcpx containers
 	-docker ps -aq --filter label=mcpx.controller | xargs -r docker rm -f

@@ -17,11 +17,13 @@ import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Route
 
 from controller import discovery, stubgen
 from controller.audit import AuditLog
 from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import Limits, Settings, secrets_of
+from controller.endpoint import mcp_endpoint
 from controller.errors import (
     ConfigError,
     GVisorRequired,
@@ -213,11 +215,14 @@ def resolve_limits(settings: Settings, request: SessionRequest) -> Limits:
     return limits
 
 
+def bearer_tenant(tenants: Tenants, authorization: str | None) -> str | None:
+    scheme, _, key = (authorization or "").partition(" ")
+    return tenants.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+
+
 async def authenticated_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     """The caller's tenant, from `Authorization: Bearer <key>`. Raises: Unauthorized."""
-    tenants: Tenants = request.app.state.tenants
-    scheme, _, key = (authorization or "").partition(" ")
-    found = tenants.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+    found = bearer_tenant(request.app.state.tenants, authorization)
     if found is None:
         raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")
     return found
@@ -270,6 +275,9 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     manager = SessionManager(
         settings, backend or DockerBackend(settings.docker_host), catalog, frozenset(secrets_of(servers)), tokens, audit
     )
+    mcp_app, mcp_lifespan = mcp_endpoint(
+        manager, tenants, lambda request: bearer_tenant(tenants, request.headers.get("authorization"))
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -277,7 +285,8 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
         try:
             await manager.start()
             try:
-                yield
+                async with mcp_lifespan():
+                    yield
             finally:
                 await manager.close()
         finally:
@@ -287,6 +296,8 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     app = FastAPI(title="mcpx", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
     app.state.tenants = tenants
+    # A route, not a mount: a mount would redirect /mcp to /mcp/, which not every MCP client follows.
+    app.router.routes.append(Route("/mcp", mcp_app, methods=["GET", "POST", "DELETE"]))
     error_responses: dict[int | str, dict[str, object]] = {
         code: {"model": Problem} for code in (404, 422, 429, 502, 503)
     }
@@ -308,8 +319,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
         return JSONResponse({"error": "not_ready", "detail": detail, "servers": servers}, status_code=503)
 
     def visible(caller: str) -> CatalogSnapshot:
-        servers = tenants.config(caller).servers
-        return catalog.snapshot.only(frozenset(servers) if servers is not None else None)
+        return tenants.view(caller, catalog.snapshot)
 
     @app.get("/v1/sessions", tags=["sessions"], responses=error_responses)
     async def list_sessions(caller: Tenant) -> SessionList:
@@ -319,16 +329,11 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     @app.post("/v1/sessions", status_code=201, tags=["sessions"], responses=error_responses)
     async def create_session(caller: Tenant, request: Annotated[SessionRequest | None, Body()] = None) -> SessionInfo:
         request = request or SessionRequest()
-        config = tenants.config(caller)
-        servers = frozenset(request.servers) if request.servers is not None else None
-        if config.servers is not None:
-            allowed = frozenset(config.servers)
-            if servers is not None and not servers <= allowed:
-                raise UnknownServers(sorted(servers - allowed))
-            servers = allowed if servers is None else servers
-        policy = (request.policy or settings.policy).within(config.policy or settings.policy)
+        servers = tenants.servers_for(caller, frozenset(request.servers) if request.servers is not None else None)
+        policy = tenants.policy_for(caller, request.policy, settings.policy)
         limits = resolve_limits(settings, request)
-        session = await manager.create(caller, limits, request.runtime, servers, policy, config.max_sessions)
+        max_sessions = tenants.config(caller).max_sessions
+        session = await manager.create(caller, limits, request.runtime, servers, policy, max_sessions)
         return session_info(session, session.last_used)
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"], responses=error_responses)

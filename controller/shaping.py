@@ -47,6 +47,10 @@ class Tokens:
         sampled = "".join(text[i * step : i * step + SLICE_CHARS] for i in range(SLICES))
         return round(self.count(sampled) * len(text) / len(sampled))
 
+    def fits(self, text: str, budget: int) -> bool:
+        """Whether `text` is within `budget` tokens: exactly, since an estimate that fits proves nothing."""
+        return self.estimate(text) <= budget and (len(text) <= EXACT_CHARS or self.count(text) <= budget)
+
     def count_json(self, value: Any) -> int:
         return self.estimate(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
@@ -83,7 +87,7 @@ def marker(cut_tokens: int, saved_at: str | None, what: str = "tokens") -> str:
 def truncate(tokens: Tokens, text: str, budget: int, saved_at: str | None) -> Cut:
     """Head and tail of `text` within `budget` tokens, a marker between them."""
     total = tokens.estimate(text)
-    if total <= budget:
+    if tokens.fits(text, budget):
         return Cut(text)
     room = max(budget - tokens.count(marker(total, saved_at)), 0)
     head_budget = int(room * HEAD_SHARE)
@@ -95,7 +99,7 @@ def truncate(tokens: Tokens, text: str, budget: int, saved_at: str | None) -> Cu
 def sample(tokens: Tokens, text: str, budget: int, saved_at: str | None) -> Cut:
     """Representative lines: the first and last few, and lines spread evenly in between, in order."""
     total = tokens.estimate(text)
-    if total <= budget:
+    if tokens.fits(text, budget):
         return Cut(text)
     lines = text.splitlines()
     if len(lines) < 3:
@@ -104,10 +108,18 @@ def sample(tokens: Tokens, text: str, budget: int, saved_at: str | None) -> Cut:
     keep = max(min(budget // per_line - 2, len(lines) - 1), 2)
     step = (len(lines) - 1) / (keep - 1)
     chosen = sorted({round(i * step) for i in range(keep)})
-    while chosen and tokens.count("\n".join(lines[i] for i in chosen)) > budget * 0.85:
-        chosen = chosen[::2] if len(chosen) > 4 else chosen[:1]
-        if len(chosen) == 1:
-            break
+    room = budget - tokens.count(marker(total, saved_at, f"tokens of {len(lines):,} lines"))
+    while len(chosen) > 2 and tokens.count(render_lines(lines, chosen)) > room:
+        chosen = sorted({*chosen[::2], chosen[-1]})
+    body = render_lines(lines, chosen)
+    kept = tokens.count(body)
+    if kept > room:
+        return truncate(tokens, text, budget, saved_at)
+    return Cut(body + marker(max(total - kept, 1), saved_at, f"tokens of {len(lines):,} lines"), max(total - kept, 1))
+
+
+def render_lines(lines: list[str], chosen: list[int]) -> str:
+    """The chosen lines in order, each run of left-out lines replaced by a gap line that counts them."""
     pieces, previous = [], -1
     for index in chosen:
         if index - previous > 1:
@@ -116,9 +128,7 @@ def sample(tokens: Tokens, text: str, budget: int, saved_at: str | None) -> Cut:
         previous = index
     if previous < len(lines) - 1:
         pieces.append(f"[... {len(lines) - 1 - previous:,} lines ...]")
-    body = "\n".join(pieces)
-    kept = tokens.count(body)
-    return Cut(body + marker(max(total - kept, 1), saved_at, f"tokens of {len(lines):,} lines"), max(total - kept, 1))
+    return "\n".join(pieces)
 
 
 def shape_of(value: Any, samples: int = SAMPLE_ITEMS, depth: int = 0) -> Any:
@@ -151,15 +161,15 @@ def summarize(
 ) -> tuple[Any, int]:
     """A JSON value within budget: itself, else its shape (marked), else its shape's text truncated."""
     total = tokens.count_json(value) if total is None else total
-    if total <= budget:
+    if total <= budget and tokens.fits(json.dumps(value, ensure_ascii=False), budget):
         return value, 0
     note = marker(total, saved_at, "tokens, summarized").strip()
     for samples in range(SAMPLE_ITEMS, -1, -1):
         shape = {"mcpx_summary": shape_of(value, samples), "note": note}
         if tokens.count_json(shape) <= budget:
             return shape, total - tokens.count_json(shape)
-    cut = truncate(tokens, json.dumps(shape, ensure_ascii=False), budget, saved_at)
-    return cut.text, total - budget
+    cut = truncate(tokens, json.dumps(value, ensure_ascii=False), budget, saved_at)
+    return cut.text, cut.cut_tokens
 
 
 def parse_json(text: str) -> tuple[bool, Any]:
@@ -168,16 +178,19 @@ def parse_json(text: str) -> tuple[bool, Any]:
         return False, None
     try:
         return True, json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False, None
 
 
 def shape_text(tokens: Tokens, text: str, budget: int, strategy: Strategy, saved_at: str | None) -> Cut:
     """Shape printed output: JSON documents can be summarized, everything can be truncated or sampled."""
     if strategy == "summarize":
+        total = tokens.estimate(text)
+        if tokens.fits(text, budget):
+            return Cut(text)
         is_json, value = parse_json(text)
         if is_json:
-            shaped, cut = summarize(tokens, value, budget, saved_at)
+            shaped, cut = summarize(tokens, value, budget, saved_at, total)
             return Cut(shaped if isinstance(shaped, str) else json.dumps(shaped, ensure_ascii=False), cut)
         return sample(tokens, text, budget, saved_at)
     if strategy == "sample":
@@ -219,7 +232,9 @@ def shape_output(
     shaped = dict(parts)
     cut: dict[str, int] = {}
     for name, size in sizes.items():
-        if size <= allotted[name]:
+        value = parts[name]
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if size <= allotted[name] and tokens.fits(text, allotted[name]):
             continue
         if name == "result":
             shaped[name], lost = shape_value(tokens, parts[name], allotted[name], strategy, saved_at.get(name), size)

@@ -10,11 +10,15 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.errors import ConfigError
+from controller.errors import ConfigError, UnknownServers
 from controller.policy import Policy
+
+if TYPE_CHECKING:
+    from controller.catalog import CatalogSnapshot
 
 DEFAULT_TENANT = "default"
 
@@ -85,3 +89,26 @@ class Tenants:
 
     def config(self, tenant: str) -> TenantConfig:
         return self.configs.get(tenant, TenantConfig())
+
+    def servers_for(self, tenant: str, requested: frozenset[str] | None) -> frozenset[str] | None:
+        """The servers a new session of the tenant gets: what it asked for, within the tenant's allowlist.
+
+        Raises:
+            UnknownServers: a requested server outside the tenant's allowlist.
+        """
+        allowed = self.config(tenant).servers
+        if allowed is None:
+            return requested
+        if requested is not None and not requested <= set(allowed):
+            raise UnknownServers(sorted(requested - set(allowed)))
+        return frozenset(allowed) if requested is None else requested
+
+    def policy_for(self, tenant: str, requested: Policy | None, server_wide: Policy) -> Policy:
+        """The policy a new session of the tenant gets: never looser than the tenant's, nor the server's."""
+        tenant_policy = (self.config(tenant).policy or server_wide).within(server_wide)
+        return (requested or tenant_policy).within(tenant_policy)
+
+    def view(self, tenant: str, snapshot: CatalogSnapshot) -> CatalogSnapshot:
+        """The part of the catalog the tenant may see."""
+        allowed = self.config(tenant).servers
+        return snapshot.only(frozenset(allowed) if allowed is not None else None)
