@@ -147,6 +147,25 @@ class Bench:
     def create_then_execute(self, runtime: str, runs: int) -> list[float]:
         return timed(lambda: self.execute(self.create(runtime)), runs, WARMUP, after=self.delete)
 
+    def warm_create_then_execute(self, runtime: str, runs: int, pool: int) -> list[float]:
+        """Create -> first execution when the warm pool is full (refilling between samples is not timed)."""
+
+        def full() -> None:
+            deadline = time.monotonic() + REQUEST_TIMEOUT_S
+            while len(docker("ps", "--quiet", "--filter", f"label={self.label}").split()) < pool:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the warm pool did not refill")
+                time.sleep(0.05)
+
+        def sample() -> str:
+            return self.execute(self.create(runtime))
+
+        samples = []
+        for _ in range(runs):
+            full()
+            samples += timed(sample, 1, 0, after=self.delete)
+        return samples
+
     def round_trip(self, runtime: str, runs: int) -> list[float]:
         session_id = self.create(runtime)
         samples = timed(lambda: self.execute(session_id), runs, ROUND_TRIP_WARMUP)
@@ -173,6 +192,9 @@ def remove_labelled(label: str) -> None:
     leftovers = docker("ps", "--all", "--quiet", "--filter", f"label={label}").split()
     if leftovers:
         docker("rm", "--force", *leftovers)
+
+
+WARM_POOL = 2
 
 
 def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int) -> list[Row]:
@@ -231,14 +253,26 @@ def main() -> None:
     controller_id = f"bench{os.getpid()}"
     info = metadata(image, {"create": args.runs, "round_trip": args.round_trips, "docker_run": args.docker_runs})
     label = f"{LABEL}={controller_id}"
+    warm_label = f"{LABEL}={controller_id}w"
     with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as state_dir:
-        settings = Settings(state_dir=Path(state_dir), controller_id=controller_id, image=image, port=free_port())
+        cold = Settings(
+            state_dir=Path(state_dir) / "cold", controller_id=controller_id, image=image, port=free_port(),
+            warm_pool_size=0,
+        )  # fmt: skip
+        warm = Settings(
+            state_dir=Path(state_dir) / "warm", controller_id=f"{controller_id}w", image=image, port=free_port(),
+            warm_pool_size=WARM_POOL,
+        )  # fmt: skip
         try:
             # Leaving the controller deletes its sessions, including any a failed measurement left behind.
-            with live_controller(settings) as url, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api:
+            with live_controller(cold) as url, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api:
                 rows = measure(Bench(api, image, label), args.runs, args.round_trips, args.docker_runs)
+            with live_controller(warm) as url, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api:
+                samples = Bench(api, image, warm_label).warm_create_then_execute(RUNTIMES[0], args.runs, WARM_POOL)
+                rows.insert(2, Row("create -> first exec (warm)", RUNTIMES[0], samples))
         finally:
             remove_labelled(label)
+            remove_labelled(warm_label)
 
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
