@@ -40,11 +40,12 @@ def describe(
     snapshot: CatalogSnapshot, names: dict[tuple[str, str], tuple[str, str]], tool: ToolInfo, detail: Detail
 ) -> dict[str, Any]:
     server_id, tool_id = names[(tool.server, tool.name)]
-    entry: dict[str, Any] = {"server": tool.server, "tool": tool.name, "import": f"servers.{server_id}.{tool_id}"}
-    if detail in ("description", "full"):
+    # Every word here is read by a model: the import path is all code needs; wire names come with "full".
+    entry: dict[str, Any] = {"import": f"servers.{server_id}.{tool_id}"}
+    if detail == "description":
         entry["description"] = one_line(tool.description)
     if detail == "full":
-        entry["description"] = tool.description
+        entry["server"], entry["tool"], entry["description"] = tool.server, tool.name, tool.description
         entry["signature"] = stubgen.signature(snapshot, tool.server, tool.name)
         entry["input_schema"] = tool.input_schema
     return entry

@@ -87,7 +87,8 @@ def test_search_tools_finds_tools_without_reading_the_stubs(api: httpx.Client, n
     hits = ok(api, new_session(), "from servers import search_tools\nsearch_tools('current time timezone', limit=3)")
     assert hits[0]["import"] == "servers.time.get_current_time"
     assert hits[0]["description"]
-    assert api.get("/v1/tools/search", params={"q": "sum two numbers", "detail": "name"}).json()[0]["tool"] == "get-sum"
+    found = api.get("/v1/tools/search", params={"q": "sum two numbers", "detail": "full"}).json()[0]
+    assert (found["tool"], found["import"]) == ("get-sum", "servers.everything.get_sum")
 
 
 def test_one_tool_shows_its_stub_and_schema(api: httpx.Client):
@@ -163,7 +164,7 @@ def test_a_server_killed_mid_call_gives_a_tool_error_and_recovers(api: httpx.Cli
 
 def test_every_hostile_stub_reaches_its_tool_by_wire_name(api: httpx.Client, new_session: SessionFactory):
     session = new_session(servers=["hostile"])
-    tools = api.get("/v1/tools/search", params={"q": "", "detail": "name", "limit": 100}).json()
+    tools = api.get("/v1/tools/search", params={"q": "", "detail": "full", "limit": 100}).json()
     special = ("die", "sleep", "lie", "fail", "echo_env")
     hostile = [t for t in tools if t["server"] == "hostile" and t["tool"] not in special]
     assert len(hostile) == 10
