@@ -213,12 +213,13 @@ def tools_search(args: argparse.Namespace) -> int:
     async def command(mcpx: MCPXClient) -> int:
         hits = await mcpx.search_tools(" ".join(args.query), args.detail, args.limit)
         if args.json:
-            emit_json([hit.model_dump(mode="json", by_alias=True) for hit in hits])
+            emit_json([hit.model_dump(mode="json", by_alias=True, exclude_none=True) for hit in hits])
             return OK
         if not hits:
             print("no matching tools", file=sys.stderr)
         for hit in hits:
-            print(f"{hit.server}/{hit.tool}" + (f"  {hit.description.splitlines()[0]}" if hit.description else ""))
+            name = f"{hit.server}/{hit.tool}" if hit.server and hit.tool else hit.import_path
+            print(name + (f"  {hit.description.splitlines()[0]}" if hit.description else ""))
             if hit.signature:
                 print(f"    {hit.signature}")
         return OK
