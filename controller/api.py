@@ -383,7 +383,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
             try:
                 yield sse("result", running.result().model_dump(mode="json"))
             except MCPXError as exc:  # headers are sent: the error travels as the stream's last event
-                yield sse("error", json.loads(problem(exc).body))
+                yield sse("error", json.loads(bytes(problem(exc).body)))
         finally:
             if not running.done():  # the client went away: stop the code, let the execution end on its own
                 background.add(asyncio.create_task(manager.interrupt(session)))
