@@ -48,7 +48,14 @@ logger = logging.getLogger(__name__)
 class SessionRequest(BaseModel):
     """Limits for a new session; each one omitted takes the server's default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"servers": ["docstore", "crm"], "timeout_s": 30, "memory_mb": 512, "policy": {"read_only": True}}
+            ]
+        },
+    )
 
     timeout_s: float | None = Field(default=None, gt=0, description="Default time limit of one execution.")
     memory_mb: int | None = Field(default=None, ge=64, description="Sandbox memory (no swap), MiB.")
@@ -93,7 +100,19 @@ class FileList(BaseModel):
 
 
 class ExecutionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "from servers.docstore import get_sheet\nlen(get_sheet(sheet_id='sheet-01')['rows'])",
+                    "timeout_s": 30,
+                    "max_output_tokens": 2000,
+                    "strategy": "summarize",
+                }
+            ]
+        },
+    )
 
     code: str = Field(description="Python source; the value of a trailing expression is returned.")
     timeout_s: float | None = Field(default=None, gt=0, description="Time limit; default: the session's.")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio.to_thread
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller import discovery, shaping, stubgen
 from controller.audit import AuditLog
@@ -105,6 +105,40 @@ class TokenReport(BaseModel):
 
 class ExecutionResult(BaseModel):
     """The outcome of running one piece of code; a failure of the code is data here, not an exception."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "stdout": "10000 rows\n",
+                    "stderr": "",
+                    "result": 10000,
+                    "error": None,
+                    "duration_ms": 912.4,
+                    "state_reset": False,
+                    "tool_calls": [
+                        {
+                            "server": "docstore",
+                            "tool": "get_sheet",
+                            "ok": True,
+                            "ms": 880.1,
+                            "bytes": 1834211,
+                            "tokens": 431830,
+                        }
+                    ],
+                    "tokens": {
+                        "returned": 31,
+                        "code": 29,
+                        "tool_results": 431830,
+                        "tool_calls": 19,
+                        "direct_estimate": 431849,
+                        "saved": 431789,
+                    },
+                    "full_output": {},
+                }
+            ]
+        }
+    )
 
     stdout: str = ""
     stderr: str = ""
