@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
@@ -324,6 +325,16 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     @app.exception_handler(MCPXError)
     async def on_mcpx_error(_request: Request, exc: MCPXError) -> JSONResponse:
         return problem(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The reasons without the offending input: it may not even be serializable (NaN, huge bodies).
+        errors = [
+            {"loc": [str(part) for part in error["loc"]], "msg": str(error["msg"]), "type": str(error["type"])}
+            for error in exc.errors()[:20]
+        ]
+        detail = "; ".join(f"{'.'.join(error['loc'])}: {error['msg']}" for error in errors)[:2000]
+        return JSONResponse({"error": "invalid_request", "detail": detail, "errors": errors}, status_code=422)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

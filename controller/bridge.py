@@ -160,7 +160,7 @@ class Bridge:
     async def _dispatch(self, writer: asyncio.StreamWriter, line: bytes) -> None:
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a frame nested past the parser's depth is as malformed as bad JSON
             message = None
         if not isinstance(message, dict):
             self._violation("a frame that is not a JSON object")

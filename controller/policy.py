@@ -22,11 +22,15 @@ if TYPE_CHECKING:
 
 
 class PolicyRefusal(Exception):
-    """A tool call refused by the controller; `kind` matches the sandbox's ToolError subclasses."""
+    """A tool call refused by the controller; `kind` matches the sandbox's ToolError subclasses.
 
-    def __init__(self, kind: str, message: str) -> None:
+    `audited` is what the audit log may say: argument problems name the argument, never its value.
+    """
+
+    def __init__(self, kind: str, message: str, audited: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.audited = audited or message
 
 
 @functools.lru_cache(maxsize=4096)
@@ -116,9 +120,15 @@ def check_call(
         raise PolicyRefusal("refused", f"{server}.{tool}: {known}")
     if policy.read_only and info.annotations.get("readOnlyHint") is not True:
         raise PolicyRefusal("refused", f"{server}.{tool} is not marked read-only and this session is read-only")
+    try:
+        json.dumps(arguments, ensure_ascii=False, allow_nan=False).encode()
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        # Lone surrogates, NaN or absurd nesting would break the MCP connection every session shares.
+        raise PolicyRefusal("invalid_arguments", f"{server}.{tool}: arguments must be valid JSON text") from None
     problem = argument_problem(info, arguments)
     if problem is not None:
-        raise PolicyRefusal("invalid_arguments", f"{server}.{tool}: {problem}")
+        where = problem.split(":", 1)[0] if problem.startswith("argument ") else "arguments"
+        raise PolicyRefusal("invalid_arguments", f"{server}.{tool}: {problem}", f"{server}.{tool}: {where} invalid")
     return info
 
 

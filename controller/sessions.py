@@ -232,6 +232,7 @@ class SessionManager:
         self.secrets = secrets
         self._trees: dict[str, Path] = {}
         self.pool: list[Session] = []
+        self._creating: list[str] = []
         self._refill = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
         self.sessions: dict[str, Session] = {}
@@ -320,10 +321,25 @@ class SessionManager:
             GVisorRequired: a runtime other than runsc was asked for under `require_gvisor`.
             SandboxError, RuntimeUnavailable: the sandbox could not be started.
         """
-        if len(self.sessions) >= self.settings.max_sessions:
+        # Creations under way count too: a burst of concurrent requests cannot pass the limits between awaits.
+        if len(self.sessions) + len(self._creating) >= self.settings.max_sessions:
             raise SessionLimitReached(self.settings.max_sessions)
-        if max_sessions is not None and len(self.of_tenant(tenant)) >= max_sessions:
+        if max_sessions is not None and len(self.of_tenant(tenant)) + self._creating.count(tenant) >= max_sessions:
             raise SessionLimitReached(max_sessions)
+        self._creating.append(tenant)
+        try:
+            return await self._create(tenant, limits, runtime, servers, policy)
+        finally:
+            self._creating.remove(tenant)
+
+    async def _create(
+        self,
+        tenant: str,
+        limits: Limits,
+        runtime: str | None,
+        servers: frozenset[str] | None,
+        policy: Policy | None,
+    ) -> Session:
         runtime = (
             self.runtime if runtime is None else choose_runtime(self.runtimes, runtime, self.settings.require_gvisor)
         )
@@ -548,6 +564,9 @@ class SessionManager:
         return False
 
     async def _restart(self, session: Session) -> None:
+        """A fresh sandbox on the same workspace. Raises: SessionNotFound (the session was deleted meanwhile)."""
+        if self.sessions.get(session.id) is not session:
+            raise SessionNotFound(session.id)
         session.restarts += 1
         await session.bridge.disconnect()
         if session.container_id is not None:
@@ -604,9 +623,9 @@ class SessionManager:
             )
         except PolicyRefusal as refusal:
             self.audit.record("policy.refused", session=session.id, trace=session.trace, kind=refusal.kind,
-                              reason=str(refusal)[:500], **where)  # fmt: skip
+                              reason=refusal.audited[:500], **where)  # fmt: skip
             raise RemoteError(TOOL_ERROR, str(refusal), {"kind": refusal.kind, **where}) from None
-        started = time.monotonic()
+        started, trace = time.monotonic(), session.trace
         session.calls_total += 1
         session.calls_in_flight += 1
         try:
@@ -614,11 +633,13 @@ class SessionManager:
         finally:
             session.calls_in_flight -= 1
         elapsed = round((time.monotonic() - started) * 1000, 3)
-        session.result_bytes += outcome.size
         self.audit.record(
-            "tool.called", session=session.id, trace=session.trace, ok=outcome.error is None, kind=outcome.kind or None,
+            "tool.called", session=session.id, trace=trace, ok=outcome.error is None, kind=outcome.kind or None,
             ms=elapsed, bytes=outcome.size, **where,
         )  # fmt: skip
+        current = session.trace == trace  # an answer outliving its execution is not billed to the next one
+        if current:
+            session.result_bytes += outcome.size
         answer = outcome.value if outcome.error is None else outcome.error
         call = ToolCall(
             server=info.server,
@@ -629,9 +650,10 @@ class SessionManager:
             tokens=await anyio.to_thread.run_sync(self.tokens.count_json, answer),
             call_tokens=self.tokens.count_json({"name": info.name, "arguments": params["arguments"]}),
         )
-        session.tool_calls.append(call)
-        if session.listener is not None:
-            session.listener("tool_call", call.model_dump())
+        if current:
+            session.tool_calls.append(call)
+            if session.listener is not None:
+                session.listener("tool_call", call.model_dump())
         if outcome.error is not None:
             raise RemoteError(TOOL_ERROR, redact(outcome.error, self.secrets), {"kind": outcome.kind, **where})
         if session.result_bytes > session.policy.max_result_bytes_per_execution:
