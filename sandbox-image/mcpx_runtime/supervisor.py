@@ -121,11 +121,25 @@ def serve_in_child(cmd_r: int, evt_w: int, out_w: int, err_w: int) -> None:
 
 def kill_strays(keep: set[int]) -> None:
     """Kill every process in the sandbox except `keep`: whatever an execution started ends with it, double-forked
-    daemons included (they leave the worker's process group, not the sandbox's pid namespace)."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) not in keep:
+    daemons included (they leave the worker's process group, not the sandbox's pid namespace). Passes repeat until
+    one finds nothing, so a process that forked between a listing and its kill is caught by the next pass."""
+    for _ in range(200):
+        strays = [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and int(entry) not in keep]
+        alive = [pid for pid in strays if running(pid)]
+        for pid in alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+        if not alive:
+            return
+
+
+def running(pid: int) -> bool:
+    """Whether a process still runs: a killed one lingers as a zombie until its parent reaps it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def oom_kill_count() -> int:
