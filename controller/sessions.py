@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 SOCKET_NAME = "bridge.sock"
 OUTPUTS = ".mcpx/outputs"  # in the workspace: the full text of output that shaping cut
 TOOL_ERROR = -32010
+INLINE_COUNT_BYTES = 64 * 1024
 DETAILS: dict[str, discovery.Detail] = {"name": "name", "description": "description", "full": "full"}
 # How long past its own timeout (and kill grace) an execution may take before the sandbox is presumed hung.
 HUNG_MARGIN_S = 5.0
@@ -647,7 +648,7 @@ class SessionManager:
             ok=outcome.error is None,
             ms=elapsed,
             bytes=outcome.size,
-            tokens=await anyio.to_thread.run_sync(self.tokens.count_json, answer),
+            tokens=await self._count(answer, outcome.size),
             call_tokens=self.tokens.count_json({"name": info.name, "arguments": params["arguments"]}),
         )
         if current:
@@ -663,6 +664,12 @@ class SessionManager:
                               **where)  # fmt: skip
             raise RemoteError(TOOL_ERROR, message, {"kind": "quota", **where})
         return redact(outcome.value, self.secrets)
+
+    async def _count(self, value: Any, size: int) -> int:
+        """Tokens of a tool result: small ones inline (a thread hop costs more), large ones off the event loop."""
+        if size < INLINE_COUNT_BYTES:
+            return self.tokens.count_json(value)
+        return await anyio.to_thread.run_sync(self.tokens.count_json, value)
 
     def _check_quota(self, session: Session) -> None:
         """Raises: PolicyRefusal when a call would exceed one of the session's quotas."""
