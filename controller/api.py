@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from controller import discovery, stubgen
@@ -60,7 +62,7 @@ class SessionRequest(BaseModel):
 
     timeout_s: float | None = Field(default=None, gt=0, description="Default time limit of one execution.")
     memory_mb: int | None = Field(default=None, ge=64, description="Sandbox memory (no swap), MiB.")
-    cpus: float | None = Field(default=None, gt=0, description="CPU quota, cores.")
+    cpus: float | None = Field(default=None, ge=0.1, description="CPU quota, cores (a sandbox needs at least 0.1).")
     ttl_s: float | None = Field(default=None, gt=0, description="Idle time after which the session is deleted.")
     runtime: Literal["runsc", "runc"] | None = Field(
         default=None, description="Container runtime; default: runsc when Docker has it (see require_gvisor)."
@@ -226,7 +228,7 @@ def resolve_limits(settings: Settings, request: SessionRequest) -> Limits:
     maxima = {
         "timeout_s": settings.max_timeout_s,
         "memory_mb": settings.max_memory_mb,
-        "cpus": settings.max_cpus,
+        "cpus": min(settings.max_cpus, float(os.cpu_count() or 1)),  # Docker refuses more than the host has
         "ttl_s": settings.max_ttl_s,
     }
     for name, maximum in maxima.items():
@@ -319,12 +321,19 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     # A route, not a mount: a mount would redirect /mcp to /mcp/, which not every MCP client follows.
     app.router.routes.append(Route("/mcp", mcp_app, methods=["GET", "POST", "DELETE"]))
     error_responses: dict[int | str, dict[str, object]] = {
-        code: {"model": Problem} for code in (404, 422, 429, 502, 503)
+        code: {"model": Problem} for code in (400, 401, 404, 413, 422, 429, 502, 503)
     }
 
     @app.exception_handler(MCPXError)
     async def on_mcpx_error(_request: Request, exc: MCPXError) -> JSONResponse:
         return problem(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Framework-level refusals (an unparsable body, an unknown route) in the same shape as every other error.
+        names = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        body = {"error": names.get(exc.status_code, "http_error"), "detail": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -470,7 +479,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
 
     costs: dict[str, dict[str, int]] = {}
 
-    @app.get("/v1/tools", tags=["tools"])
+    @app.get("/v1/tools", tags=["tools"], responses=error_responses)
     async def list_tools(caller: Tenant) -> ToolListing:
         snapshot = visible(caller)
         if snapshot.digest not in costs:
@@ -487,7 +496,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
             tokens=costs[snapshot.digest],
         )
 
-    @app.get("/v1/tools/search", tags=["tools"])
+    @app.get("/v1/tools/search", tags=["tools"], responses=error_responses)
     async def search_tools(
         caller: Tenant,
         q: str = "",
@@ -496,7 +505,7 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     ) -> list[dict[str, Any]]:
         return discovery.search(visible(caller), q, detail, limit)
 
-    @app.get("/v1/tools/{server}/{tool}", tags=["tools"], responses={404: {"model": Problem}})
+    @app.get("/v1/tools/{server}/{tool}", tags=["tools"], responses=error_responses)
     async def get_tool(caller: Tenant, server: str, tool: str) -> ToolDetail:
         snapshot = visible(caller)
         info = snapshot.tool(server, tool)

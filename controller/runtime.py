@@ -156,7 +156,7 @@ def hardening_violations(attrs: Mapping[str, Any], spec: SandboxSpec) -> list[st
         (config.get("User") == SANDBOX_USER, f"user is not {SANDBOX_USER}"),
         (host.get("Memory") == memory, "memory limit is missing"),
         (host.get("MemorySwap") == memory, "swap is not disabled"),
-        (host.get("NanoCpus") == int(spec.cpus * 1e9), "CPU quota is missing"),
+        (host.get("NanoCpus") == int(spec.cpus * 1e9) > 0, "CPU quota is missing"),
         (host.get("PidsLimit") == (GVISOR_PIDS_BACKSTOP if gvisor else spec.pids_limit), "pids limit is missing"),
         (not gvisor or ulimits.get("nproc") == (spec.pids_limit, spec.pids_limit), "nproc ulimit is missing"),
         (host.get("Init") is True, "no init process"),
