@@ -162,7 +162,7 @@ def test_a_deeply_nested_body_gets_a_4xx(api: httpx.Client, new_session: Session
     for route in (SESSION, EXECUTION.format(session=session)):
         response = api.post(route, content=nested, headers=JSON)
         assert response.status_code == 400, response.text
-        assert response.json() == {"detail": "There was an error parsing the body"}
+        assert response.json() == {"error": "bad_request", "detail": "There was an error parsing the body"}
     assert executions(api, session) == 0
 
 
