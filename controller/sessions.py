@@ -689,7 +689,8 @@ class SessionManager:
         return {
             "MCPX_SOCKET": f"{SOCKET_MOUNT}/{SOCKET_NAME}",
             "MCPX_MAX_FRAME": str(self.settings.max_frame_bytes),
-            "MCPX_MAX_OUTPUT": str(self.settings.max_output_bytes),
+            # JSON may escape one byte as six (\u0001): stdout and stderr at their cap must still fit in a frame.
+            "MCPX_MAX_OUTPUT": str(min(self.settings.max_output_bytes, self.settings.max_frame_bytes // 14)),
             "MCPX_KILL_GRACE_S": str(self.settings.kill_grace_s),
         }
 

@@ -214,3 +214,10 @@ def test_processes_started_by_an_execution_end_with_it(api: httpx.Client, new_se
         "import os\n[p for p in os.listdir('/proc') if p.isdigit() and 'sleep' in open(f'/proc/{p}/cmdline').read()]",
     )
     assert left["result"] == []
+
+
+def test_modules_written_to_the_workspace_import_but_shadow_nothing(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    execute(api, session, "open('/workspace/helpers.py', 'w').write('ANSWER = 42')\nopen('/workspace/json.py', 'w')")
+    reply = execute(api, session, "import helpers, json\nhelpers.ANSWER, hasattr(json, 'dumps')")
+    assert reply["result"] == [42, True]

@@ -213,6 +213,7 @@ def main(cmd_fd: int, evt_fd: int, limit: int) -> None:
     """Serve cells until the supervisor closes the command pipe."""
     for fd in (cmd_fd, evt_fd):
         os.set_inheritable(fd, False)  # programs the cell starts must not hold the supervisor's pipes open
+    sys.path.append("/workspace")  # last: the agent's modules import, but shadow nothing
     channel = Channel(cmd_fd, evt_fd, limit)
     tools.connect(channel.request)
     interpreter = Interpreter()
