@@ -6,28 +6,16 @@ from __future__ import annotations
 import stat
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from controller.config import Settings
 from tests.conftest import SessionFactory, execute
-from tests.security.conftest import Attack
+from tests.security.conftest import Attack, expect_failure_under, result_of
 
 REFUSED = {"EROFS", "EACCES", "EPERM", "EXDEV"}
 BIG_OUTPUT = "print('x' * 100_000)"  # far over a 50-token budget: the controller saves the whole text
-
-
-def result_of(reply: dict[str, Any]) -> Any:
-    assert reply["error"] is None, reply["error"]
-    return reply["result"]
-
-
-def expect_failure_under(request: pytest.FixtureRequest, runtime: str, runtimes: set[str], reason: str) -> None:
-    """Mark this run as a known, undecided containment gap: strict, so a fix shows up as XPASS(strict)."""
-    if runtime in runtimes:
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
 
 
 def workspace_on_host(settings: Settings, session: str) -> Path:
@@ -56,7 +44,7 @@ def digest(root):
 """
 
 
-def test_the_runtime_code_cannot_be_replaced_chmodded_or_extended(attack: Attack):
+def test_the_runtime_code_cannot_be_replaced_chmodded_or_extended(attack: Attack) -> None:
     outcome = result_of(
         attack(
             HELPERS + "runtime = '/opt/mcpx/mcpx_runtime'\n"
@@ -85,7 +73,7 @@ def test_the_runtime_code_cannot_be_replaced_chmodded_or_extended(attack: Attack
     assert files > 6
 
 
-def test_tool_stubs_cannot_be_created_or_changed(attack: Attack):
+def test_tool_stubs_cannot_be_created_or_changed(attack: Attack) -> None:
     outcome = result_of(
         attack(
             HELPERS + "before = digest('/tools')\n"
@@ -110,7 +98,9 @@ def test_tool_stubs_cannot_be_created_or_changed(attack: Attack):
     assert files > 3
 
 
-def test_the_bridge_socket_cannot_be_removed_or_replaced(api: httpx.Client, new_session: SessionFactory, runtime: str):
+def test_the_bridge_socket_cannot_be_removed_or_replaced(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+) -> None:
     session = new_session(runtime=runtime)
     attempts, listing = result_of(
         execute(
@@ -149,7 +139,7 @@ runpy.run_module('mcpx_runtime', run_name='__main__', alter_sys=True)
 
 def test_a_runtime_planted_in_the_workspace_is_not_run_after_a_restart(
     api: httpx.Client, new_session: SessionFactory, runtime: str, request: pytest.FixtureRequest
-):
+) -> None:
     # The image starts `python3 -m mcpx_runtime` in WORKDIR /workspace, and `-m` puts the working directory first
     # on sys.path: a package of that name in the workspace, which survives restarts, would be imported instead.
     session = new_session(runtime=runtime)
@@ -168,7 +158,7 @@ def test_a_runtime_planted_in_the_workspace_is_not_run_after_a_restart(
     assert result_of(ran) is False
 
 
-def test_hard_links_from_other_mounts_are_refused(attack: Attack):
+def test_hard_links_from_other_mounts_are_refused(attack: Attack) -> None:
     outcome = result_of(
         attack(
             HELPERS + "open('/workspace/own', 'w').close()\n"
@@ -183,7 +173,7 @@ def test_hard_links_from_other_mounts_are_refused(attack: Attack):
     assert outcome == dict.fromkeys(outcome, "EXDEV") and len(outcome) == 9, outcome
 
 
-def test_proc_root_and_cwd_links_lead_nowhere_outside(attack: Attack, runtime: str):
+def test_proc_root_and_cwd_links_lead_nowhere_outside(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             HELPERS + "supervisor = os.getppid()\n"
@@ -206,7 +196,7 @@ def test_proc_root_and_cwd_links_lead_nowhere_outside(attack: Attack, runtime: s
 
 def test_the_workspace_mount_cannot_be_remounted_or_covered(
     api: httpx.Client, new_session: SessionFactory, runtime: str, settings: Settings
-):
+) -> None:
     session = new_session(runtime=runtime)
     attempts, unchanged = result_of(
         execute(
@@ -236,7 +226,7 @@ def test_the_workspace_mount_cannot_be_remounted_or_covered(
 
 def test_a_fifo_at_the_saved_output_path_neither_blocks_the_controller_nor_receives_output(
     api: httpx.Client, new_session: SessionFactory, runtime: str, settings: Settings
-):
+) -> None:
     session = new_session(runtime=runtime)
     started = time.monotonic()
     reply = execute(
@@ -274,7 +264,7 @@ def test_a_fifo_at_the_saved_output_path_neither_blocks_the_controller_nor_recei
 
 def test_a_symlink_at_the_saved_output_file_is_not_followed_to_a_host_file(
     api: httpx.Client, new_session: SessionFactory, runtime: str, tmp_path: Path
-):
+) -> None:
     victim = tmp_path / "host-file"
     victim.write_text("original")
     victim.chmod(0o666)
@@ -294,7 +284,7 @@ def test_a_symlink_at_the_saved_output_file_is_not_followed_to_a_host_file(
     assert victim.read_text() == "original"
 
 
-def test_a_symlink_loop_in_the_workspace_does_not_hang_the_controller(attack: Attack):
+def test_a_symlink_loop_in_the_workspace_does_not_hang_the_controller(attack: Attack) -> None:
     started = time.monotonic()
     reply = attack(
         "import errno, os\n"
@@ -315,7 +305,7 @@ def test_a_symlink_loop_in_the_workspace_does_not_hang_the_controller(attack: At
 
 def test_running_the_workspace_out_of_inodes_gives_enospc_and_output_is_still_answered(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     session = new_session(runtime=runtime, timeout_s=60)
     reply = execute(
         api,
@@ -345,7 +335,7 @@ def test_running_the_workspace_out_of_inodes_gives_enospc_and_output_is_still_an
     assert result_of(execute(api, session, "kept")) == "state"
 
 
-def test_filling_tmp_stops_at_its_size_with_enospc(attack: Attack, settings: Settings):
+def test_filling_tmp_stops_at_its_size_with_enospc(attack: Attack, settings: Settings) -> None:
     outcome = result_of(
         attack(
             "import errno, os\n"
@@ -371,7 +361,7 @@ def test_filling_tmp_stops_at_its_size_with_enospc(attack: Attack, settings: Set
 
 def test_endless_empty_files_in_tmp_are_stopped_by_the_memory_limit(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     # tmpfs caps bytes, not inodes: each empty file costs only kernel (or sentry) memory, which the sandbox's
     # memory limit must bound.
     session = new_session(runtime=runtime, memory_mb=64, timeout_s=60)
@@ -394,7 +384,7 @@ def test_endless_empty_files_in_tmp_are_stopped_by_the_memory_limit(
 
 def test_device_nodes_cannot_be_created_in_tmp_or_the_workspace(
     attack: Attack, runtime: str, request: pytest.FixtureRequest
-):
+) -> None:
     expect_failure_under(
         request,
         runtime,

@@ -7,13 +7,12 @@ kernel and Docker's seccomp profile, gVisor through its sentry), the test record
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import PIDS_LIMIT, SessionFactory, execute
-from tests.security.conftest import Attack
+from tests.security.conftest import Attack, expect_failure_under, result_of
 
 # ctypes' view of raw system calls (x86_64 numbers): `call(number, *args)` is "OK" or the errno's name.
 SYSCALLS = """
@@ -30,18 +29,7 @@ buf = ctypes.create_string_buffer(4096)
 SANDBOX_IDS = 65532
 
 
-def result_of(reply: dict[str, Any]) -> Any:
-    assert reply["error"] is None, reply["error"]
-    return reply["result"]
-
-
-def expect_failure_under(request: pytest.FixtureRequest, runtime: str, runtimes: set[str], reason: str) -> None:
-    """Mark this run as a known, undecided containment gap: strict, so a fix shows up as XPASS(strict)."""
-    if runtime in runtimes:
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
-
-
-def test_code_cannot_become_root_through_setuid_setgid_or_setgroups(attack: Attack):
+def test_code_cannot_become_root_through_setuid_setgid_or_setgroups(attack: Attack) -> None:
     outcome = result_of(
         attack(
             "import errno, os\n"
@@ -63,7 +51,7 @@ def test_code_cannot_become_root_through_setuid_setgid_or_setgroups(attack: Atta
     assert groups == [SANDBOX_IDS]
 
 
-def test_setuid_and_setgid_binaries_run_without_their_privilege(attack: Attack):
+def test_setuid_and_setgid_binaries_run_without_their_privilege(attack: Attack) -> None:
     # The image ships the usual setuid-root and setgid-shadow programs; no-new-privileges must make them inert.
     # `su root` and `unix_chkpwd` block reading a password: their credentials are read from /proc meanwhile.
     outcome = result_of(
@@ -108,7 +96,7 @@ def test_setuid_and_setgid_binaries_run_without_their_privilege(attack: Attack):
     assert tmp_mounts == 1
 
 
-def test_mount_umount_and_remount_are_refused(attack: Attack):
+def test_mount_umount_and_remount_are_refused(attack: Attack) -> None:
     outcome = result_of(
         attack(
             SYSCALLS + "before = open('/proc/self/mounts').read()\n"
@@ -131,7 +119,7 @@ def test_mount_umount_and_remount_are_refused(attack: Attack):
     assert mounts_unchanged is True
 
 
-def test_a_user_and_mount_namespace_gives_no_power_over_the_sandbox(attack: Attack, runtime: str):
+def test_a_user_and_mount_namespace_gives_no_power_over_the_sandbox(attack: Attack, runtime: str) -> None:
     # In a fresh single-threaded process: unshare(2) refuses a multithreaded caller a user namespace.
     child = (
         "import ctypes, errno, json, os\n"
@@ -190,7 +178,7 @@ def test_a_user_and_mount_namespace_gives_no_power_over_the_sandbox(attack: Atta
         }
 
 
-def test_kernel_keyring_calls_are_refused(attack: Attack, runtime: str):
+def test_kernel_keyring_calls_are_refused(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             SYSCALLS + "KEY_SPEC_PROCESS_KEYRING = -2\n"
@@ -203,7 +191,7 @@ def test_kernel_keyring_calls_are_refused(attack: Attack, runtime: str):
     assert outcome == dict.fromkeys(outcome, expected) and len(outcome) == 3, outcome
 
 
-def test_bpf_perf_events_and_userfaultfd_are_refused(attack: Attack, runtime: str):
+def test_bpf_perf_events_and_userfaultfd_are_refused(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             SYSCALLS + "BPF_MAP_CREATE = 0\n"
@@ -219,7 +207,7 @@ def test_bpf_perf_events_and_userfaultfd_are_refused(attack: Attack, runtime: st
         assert outcome == {"bpf_map_create": "EPERM", "perf_event_open": "ENODEV", "userfaultfd": "ENOSYS"}
 
 
-def test_kernel_modules_and_kexec_cannot_be_loaded(attack: Attack):
+def test_kernel_modules_and_kexec_cannot_be_loaded(attack: Attack) -> None:
     outcome = result_of(
         attack(
             SYSCALLS + "module = os.open('/usr/lib/python3.11/os.py', os.O_RDONLY)\n"
@@ -233,7 +221,7 @@ def test_kernel_modules_and_kexec_cannot_be_loaded(attack: Attack):
     assert outcome == dict.fromkeys(outcome, "EPERM") and len(outcome) == 5, outcome
 
 
-def test_reboot_swap_clock_and_host_identity_changes_are_refused(attack: Attack):
+def test_reboot_swap_clock_and_host_identity_changes_are_refused(attack: Attack) -> None:
     outcome = result_of(
         attack(
             SYSCALLS + "open('/workspace/swap', 'wb').write(bytes(65536))\n"
@@ -260,7 +248,7 @@ def test_reboot_swap_clock_and_host_identity_changes_are_refused(attack: Attack)
     assert hostname == "sandbox"
 
 
-def test_pivot_root_and_chroot_are_refused(attack: Attack):
+def test_pivot_root_and_chroot_are_refused(attack: Attack) -> None:
     outcome = result_of(
         attack(
             SYSCALLS + "os.makedirs('/tmp/new/old', exist_ok=True)\n"
@@ -277,7 +265,7 @@ def test_pivot_root_and_chroot_are_refused(attack: Attack):
     assert outcome == {"pivot_root": "EPERM", "chroot": "EPERM", "os.chroot": "EPERM", "same_root": True}
 
 
-def test_the_hosts_kernel_log_cannot_be_read(attack: Attack, runtime: str):
+def test_the_hosts_kernel_log_cannot_be_read(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             SYSCALLS + "SYSLOG_ACTION_READ_ALL, SYSLOG_ACTION_CLEAR = 3, 5\n"
@@ -324,7 +312,9 @@ RUNC_PTRACE = (
 )
 
 
-def test_ptrace_attach_to_the_supervisor_is_refused(attack: Attack, runtime: str, request: pytest.FixtureRequest):
+def test_ptrace_attach_to_the_supervisor_is_refused(
+    attack: Attack, runtime: str, request: pytest.FixtureRequest
+) -> None:
     expect_failure_under(request, runtime, {"runc"}, RUNC_PTRACE)
     outcome = result_of(
         attack(
@@ -336,7 +326,9 @@ def test_ptrace_attach_to_the_supervisor_is_refused(attack: Attack, runtime: str
     assert outcome == "EPERM"
 
 
-def test_ptrace_attach_to_the_container_init_is_refused(attack: Attack, runtime: str, request: pytest.FixtureRequest):
+def test_ptrace_attach_to_the_container_init_is_refused(
+    attack: Attack, runtime: str, request: pytest.FixtureRequest
+) -> None:
     expect_failure_under(request, runtime, {"runc"}, RUNC_PTRACE)
     outcome = result_of(
         attack(
@@ -350,7 +342,7 @@ def test_ptrace_attach_to_the_container_init_is_refused(attack: Attack, runtime:
 
 def test_the_memory_of_the_supervisor_and_of_init_cannot_be_read(
     attack: Attack, runtime: str, request: pytest.FixtureRequest
-):
+) -> None:
     expect_failure_under(request, runtime, {"runc"}, RUNC_PTRACE)
     outcome = result_of(
         attack(
@@ -381,7 +373,7 @@ def test_the_memory_of_the_supervisor_and_of_init_cannot_be_read(
     assert outcome == {"mem supervisor": "EACCES", "mem init": "EACCES", "process_vm_readv supervisor": vm_read}
 
 
-def test_vsock_sockets_cannot_be_opened(attack: Attack, runtime: str, request: pytest.FixtureRequest):
+def test_vsock_sockets_cannot_be_opened(attack: Attack, runtime: str, request: pytest.FixtureRequest) -> None:
     # AF_VSOCK is not network-namespaced: network_mode=none does not cut it. Only creation is tried here; nothing
     # is connected to, since the far side would be the host VM's own services.
     expect_failure_under(
@@ -406,7 +398,7 @@ def test_vsock_sockets_cannot_be_opened(attack: Attack, runtime: str, request: p
     assert outcome in ("EAFNOSUPPORT", "EPERM")
 
 
-def test_proc_sys_sysrq_cgroup_and_sys_knobs_cannot_be_written(attack: Attack, runtime: str):
+def test_proc_sys_sysrq_cgroup_and_sys_knobs_cannot_be_written(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             "import errno, os\n"
@@ -437,7 +429,7 @@ def test_proc_sys_sysrq_cgroup_and_sys_knobs_cannot_be_written(attack: Attack, r
     assert hostname == "sandbox\n"
 
 
-def test_kernel_memory_and_raw_memory_devices_cannot_be_read(attack: Attack, runtime: str):
+def test_kernel_memory_and_raw_memory_devices_cannot_be_read(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             "import errno\n"
@@ -462,7 +454,7 @@ def test_kernel_memory_and_raw_memory_devices_cannot_be_read(attack: Attack, run
     assert symbol_addresses == (["0000000000000000"] if runtime == "runc" else "ENOENT")
 
 
-def test_device_nodes_for_host_devices_give_no_access(attack: Attack, runtime: str):
+def test_device_nodes_for_host_devices_give_no_access(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             "import errno, os, stat\n"
@@ -499,7 +491,7 @@ DEVICES = {
 }  # fmt: skip
 
 
-def test_dev_holds_only_the_standard_devices(attack: Attack, runtime: str):
+def test_dev_holds_only_the_standard_devices(attack: Attack, runtime: str) -> None:
     names, char_devices, shm = result_of(
         attack(
             "import os, stat\n"
@@ -520,7 +512,7 @@ def test_dev_holds_only_the_standard_devices(attack: Attack, runtime: str):
     assert shm == ([] if runtime == "runsc" else None)
 
 
-def test_gvisor_fuse_and_tun_devices_give_no_privilege(attack: Attack, runtime: str):
+def test_gvisor_fuse_and_tun_devices_give_no_privilege(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             "import ctypes, errno, fcntl, os, struct\n"
@@ -558,7 +550,7 @@ def test_gvisor_fuse_and_tun_devices_give_no_privilege(attack: Attack, runtime: 
 
 def test_signals_to_the_container_init_have_no_effect(
     api: httpx.Client, new_session: SessionFactory, runtime: str, request: pytest.FixtureRequest
-):
+) -> None:
     expect_failure_under(
         request,
         runtime,
@@ -586,7 +578,7 @@ def test_signals_to_the_container_init_have_no_effect(
     assert api.get(f"/v1/sessions/{session}").json()["restarts"] == 0
 
 
-def test_resource_limits_and_priorities_cannot_be_raised(attack: Attack, runtime: str):
+def test_resource_limits_and_priorities_cannot_be_raised(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             "import errno, os, resource\n"
@@ -622,7 +614,7 @@ def test_resource_limits_and_priorities_cannot_be_raised(attack: Attack, runtime
         assert (renice, oom_adjust, nproc) == ("OK", "OK", PIDS_LIMIT)
 
 
-def test_open_by_handle_at_cannot_reach_files_by_handle(attack: Attack, runtime: str):
+def test_open_by_handle_at_cannot_reach_files_by_handle(attack: Attack, runtime: str) -> None:
     # The "shocker" escape: a file handle opened relative to a mount bypasses the container's path view.
     outcome = result_of(
         attack(
@@ -638,7 +630,7 @@ def test_open_by_handle_at_cannot_reach_files_by_handle(attack: Attack, runtime:
     assert outcome == (["EPERM", "EPERM"] if runtime == "runc" else ["ENOTSUP", "ENOTSUP"])
 
 
-def test_other_namespaces_cannot_be_entered(attack: Attack, runtime: str):
+def test_other_namespaces_cannot_be_entered(attack: Attack, runtime: str) -> None:
     outcome = result_of(
         attack(
             SYSCALLS + "def enter(kind):\n"

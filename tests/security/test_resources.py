@@ -12,7 +12,7 @@ import pytest
 
 from controller.config import Settings
 from tests.conftest import PIDS_LIMIT, SessionFactory, execute
-from tests.security.conftest import Attack
+from tests.security.conftest import Attack, expect_failure_under, result_of
 
 TIMEOUT_S = 2
 # A timed-out execution ends at its timeout plus the kill grace (1 s); the rest is slack for a loaded machine.
@@ -52,17 +52,6 @@ REFORK_RACE = (
 )
 
 
-def result_of(reply: dict[str, Any]) -> Any:
-    assert reply["error"] is None, reply["error"]
-    return reply["result"]
-
-
-def expect_failure_under(request: pytest.FixtureRequest, runtime: str, runtimes: set[str], reason: str) -> None:
-    """Mark this run as a known, undecided containment gap: strict, so a fix shows up as XPASS(strict)."""
-    if runtime in runtimes:
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
-
-
 def timed(api: httpx.Client, session: str, code: str, **body: Any) -> tuple[dict[str, Any], float]:
     started = time.monotonic()
     reply = execute(api, session, code, **body)
@@ -71,7 +60,7 @@ def timed(api: httpx.Client, session: str, code: str, **body: Any) -> tuple[dict
 
 def test_a_fork_bomb_is_capped_and_the_session_works_afterwards(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     # Enough memory that the process cap, not the memory limit, is what stops it.
     session = new_session(runtime=runtime, memory_mb=2048, timeout_s=15)
     # Every process forks as long as it can, then holds its slot until the end-of-execution kill; the cell ends
@@ -100,7 +89,9 @@ def test_a_fork_bomb_is_capped_and_the_session_works_afterwards(
     assert result_of(after) == [[], 0]
 
 
-def test_a_thread_bomb_stops_below_the_process_cap(api: httpx.Client, new_session: SessionFactory, runtime: str):
+def test_a_thread_bomb_stops_below_the_process_cap(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+) -> None:
     session = new_session(runtime=runtime)
     started, error = result_of(
         execute(
@@ -128,7 +119,9 @@ def test_a_thread_bomb_stops_below_the_process_cap(api: httpx.Client, new_sessio
     assert result_of(execute(api, session, "import threading\nthreading.active_count()")) == 2
 
 
-def test_a_memory_bomb_in_a_child_process_is_contained(api: httpx.Client, new_session: SessionFactory, runtime: str):
+def test_a_memory_bomb_in_a_child_process_is_contained(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+) -> None:
     session = new_session(runtime=runtime, memory_mb=256)
     execute(api, session, "kept = 'state'")
     reply = execute(
@@ -150,7 +143,9 @@ def test_a_memory_bomb_in_a_child_process_is_contained(api: httpx.Client, new_se
         assert result_of(execute(api, session, "'kept' in globals()")) is False
 
 
-def test_files_in_tmp_count_against_the_memory_limit(api: httpx.Client, new_session: SessionFactory, runtime: str):
+def test_files_in_tmp_count_against_the_memory_limit(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+) -> None:
     session = new_session(runtime=runtime, memory_mb=128)
     # The same 70 MB child fits before /tmp holds 60 MB and no longer fits after.
     reply = execute(
@@ -177,7 +172,7 @@ def test_files_in_tmp_count_against_the_memory_limit(api: httpx.Client, new_sess
 
 def test_a_c_level_loop_that_never_checks_signals_is_killed_at_the_timeout(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     session = new_session(runtime=runtime)
     # sum() over a range runs in C without ever running Python signal handlers: SIGINT cannot stop it.
     reply, elapsed = timed(api, session, "sum(range(10**15))", timeout_s=TIMEOUT_S)
@@ -189,7 +184,7 @@ def test_a_c_level_loop_that_never_checks_signals_is_killed_at_the_timeout(
 
 def test_a_loop_ignoring_and_blocking_every_signal_is_killed_at_the_timeout(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     session = new_session(runtime=runtime)
     reply, elapsed = timed(
         api,
@@ -214,7 +209,7 @@ def test_a_loop_ignoring_and_blocking_every_signal_is_killed_at_the_timeout(
 
 def test_a_loop_that_swallows_keyboard_interrupt_is_killed_at_the_timeout(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     session = new_session(runtime=runtime)
     reply, elapsed = timed(
         api,
@@ -260,7 +255,7 @@ time.sleep(0.3)
 
 def test_a_daemon_that_keeps_reforking_does_not_outlive_its_execution(
     api: httpx.Client, new_session: SessionFactory, runtime: str, request: pytest.FixtureRequest
-):
+) -> None:
     expect_failure_under(request, runtime, {"runc", "runsc"}, REFORK_RACE)
     session = new_session(runtime=runtime)
     # A race: a round lets a chain escape about half the time under runc on a loaded machine (nearly always under
@@ -276,7 +271,7 @@ def test_a_daemon_that_keeps_reforking_does_not_outlive_its_execution(
 
 def test_a_process_started_by_a_thread_after_its_execution_does_not_outlive_it(
     api: httpx.Client, new_session: SessionFactory, runtime: str, request: pytest.FixtureRequest
-):
+) -> None:
     expect_failure_under(request, runtime, {"runc", "runsc"}, f"both runtimes, deterministic: {REFORK_RACE}")
     session = new_session(runtime=runtime)
     # The cell returns at once; its thread starts the process after the end-of-execution kill has run.
@@ -294,7 +289,7 @@ def test_a_process_started_by_a_thread_after_its_execution_does_not_outlive_it(
 
 def test_stopping_the_supervisor_is_caught_by_the_controllers_deadline(
     api: httpx.Client, new_session: SessionFactory, runtime: str, settings: Settings
-):
+) -> None:
     session = new_session(runtime=runtime)
     # With the supervisor stopped nothing inside enforces the timeout: the controller's own deadline must.
     reply, elapsed = timed(
@@ -311,7 +306,7 @@ def test_stopping_the_supervisor_is_caught_by_the_controllers_deadline(
     assert api.get(f"/v1/sessions/{session}").json()["restarts"] == 1
 
 
-def test_a_50_mb_output_flood_is_capped(attack: Attack, settings: Settings):
+def test_a_50_mb_output_flood_is_capped(attack: Attack, settings: Settings) -> None:
     flood = 50 * 1024 * 1024
     reply = attack(
         "import os\n"
@@ -325,7 +320,7 @@ def test_a_50_mb_output_flood_is_capped(attack: Attack, settings: Settings):
     assert len(json.dumps(reply)) < RESPONSE_BOUND
 
 
-def test_a_gigabyte_on_one_line_is_capped(api: httpx.Client, new_session: SessionFactory, runtime: str):
+def test_a_gigabyte_on_one_line_is_capped(api: httpx.Client, new_session: SessionFactory, runtime: str) -> None:
     session = new_session(runtime=runtime)
     execute(api, session, "kept = 'state'")
     # 1 GiB without a newline, as fast as the pipe takes it; gVisor may not get through it before the timeout.
@@ -347,7 +342,7 @@ def test_a_gigabyte_on_one_line_is_capped(api: httpx.Client, new_session: Sessio
 
 def test_a_flood_of_control_characters_is_capped_without_losing_the_session(
     api: httpx.Client, new_session: SessionFactory, runtime: str, settings: Settings, request: pytest.FixtureRequest
-):
+) -> None:
     session = new_session(runtime=runtime)
     execute(api, session, "kept = 'state'")
     reply = execute(
@@ -364,7 +359,9 @@ def test_a_flood_of_control_characters_is_capped_without_losing_the_session(
     assert result_of(execute(api, session, "kept")) == "state"
 
 
-def test_a_huge_trailing_result_is_bounded_or_an_oom(api: httpx.Client, new_session: SessionFactory, runtime: str):
+def test_a_huge_trailing_result_is_bounded_or_an_oom(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+) -> None:
     session = new_session(runtime=runtime, memory_mb=256)
     reply = execute(api, session, "'x' * 200_000_000")
     if reply["error"] is None:
@@ -378,7 +375,7 @@ def test_a_huge_trailing_result_is_bounded_or_an_oom(api: httpx.Client, new_sess
 
 def test_unbounded_recursion_with_a_raised_limit_is_survivable(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     session = new_session(runtime=runtime, memory_mb=128)
     code = "import sys\nsys.setrecursionlimit(10**6)\ndef deeper(n):\n    return deeper(n + 1) + 1\ndeeper(0)"
     reply = execute(api, session, code)
@@ -394,7 +391,7 @@ def test_unbounded_recursion_with_a_raised_limit_is_survivable(
 
 def test_closing_every_descriptor_including_the_runtime_pipes_is_survivable(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     session = new_session(runtime=runtime)
     reply = execute(api, session, "import os\nos.closerange(0, 65536)\nprint('unreachable')")
     # The worker has lost its command and event pipes: it ends, and the supervisor starts a fresh one.
@@ -407,7 +404,7 @@ def test_closing_every_descriptor_including_the_runtime_pipes_is_survivable(
 
 def test_pointing_stdio_at_dev_null_is_undone_for_the_next_execution(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     session = new_session(runtime=runtime)
     hidden = execute(
         api,
@@ -427,7 +424,7 @@ def test_pointing_stdio_at_dev_null_is_undone_for_the_next_execution(
 
 def test_exhausting_file_descriptors_leaves_the_session_usable(
     api: httpx.Client, new_session: SessionFactory, runtime: str
-):
+) -> None:
     session = new_session(runtime=runtime)
     opened, outcome, limit = result_of(
         execute(
