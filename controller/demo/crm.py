@@ -11,7 +11,6 @@ client as `is_error` results with the message.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import random
 import re
@@ -25,6 +24,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controller.demo import parse_args, serve
 from controller.demo.world import DEAL_STAGES, SEED, TODAY, Region, Stage, Status, Tier, World, build_world
 
 RecordKind = Literal["account", "contact", "opportunity"]
@@ -371,18 +371,11 @@ def create_server(world: World, clock: Callable[[], datetime] = lambda: datetime
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Build the records, then serve them on stdio or streamable HTTP until the client or a signal ends it."""
-    parser = argparse.ArgumentParser(prog="python -m controller.demo.crm", description=INSTRUCTIONS)
-    parser.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP only (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP only; the endpoint is /mcp (default: %(default)s)")
-    args = parser.parse_args(argv)
+    """Serve on stdio or streamable HTTP until the client or a signal ends it."""
+    args = parse_args("python -m controller.demo.crm", INSTRUCTIONS, argv)
     server = create_server(build_world())
     print(f"crm: serving on {args.transport}", file=sys.stderr, flush=True)
-    if args.transport == "stdio":
-        server.run("stdio")
-    else:
-        server.run("streamable-http", host=args.host, port=args.port)
+    serve(server, args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ by direct tool calls reads the growing log again and again.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from collections.abc import Sequence
@@ -21,6 +20,8 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
+
+from controller.demo import parse_args, serve
 
 Phase = Literal["queued", "building", "pushing", "rolling_out", "healthy"]
 PHASES: tuple[Phase, ...] = ("queued", "building", "pushing", "rolling_out", "healthy")
@@ -96,17 +97,10 @@ def create_server(tracker: Tracker) -> MCPServer:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve on stdio or streamable HTTP until the client or a signal ends it."""
-    parser = argparse.ArgumentParser(prog="python -m controller.demo.deploys", description=INSTRUCTIONS)
-    parser.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP only (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP only; the endpoint is /mcp (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args = parse_args("python -m controller.demo.deploys", INSTRUCTIONS, argv)
     server = create_server(Tracker())
     print(f"deploys: serving on {args.transport}", file=sys.stderr, flush=True)
-    if args.transport == "stdio":
-        server.run("stdio")
-    else:
-        server.run("streamable-http", host=args.host, port=args.port)
+    serve(server, args)
 
 
 if __name__ == "__main__":

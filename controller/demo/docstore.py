@@ -10,7 +10,6 @@ client as `is_error` results with the message.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import inspect
 import re
@@ -24,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from controller.demo import parse_args, serve
 from controller.demo.documents import Corpus, Entry, Kind, build_corpus
 
 SNIPPETS_PER_MATCH = 3
@@ -238,7 +238,7 @@ def _describe(tool: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Generate the corpus, then serve it on stdio or streamable HTTP until the client or a signal ends it."""
-    args = parse_args(argv)
+    args = parse_args("python -m controller.demo.docstore", INSTRUCTIONS, argv)
     started = time.perf_counter()
     corpus = build_corpus()
     server = create_server(corpus)
@@ -246,18 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elapsed = time.perf_counter() - started
     summary = f"{len(corpus.entries)} documents ({largest.id}: {len(largest.content):,} chars) in {elapsed:.2f} s"
     print(f"docstore: generated {summary}; serving on {args.transport}", file=sys.stderr, flush=True)
-    if args.transport == "stdio":
-        server.run("stdio")
-    else:
-        server.run("streamable-http", host=args.host, port=args.port)
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m controller.demo.docstore", description=INSTRUCTIONS)
-    parser.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP only (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP only; the endpoint is /mcp (default: %(default)s)")
-    return parser.parse_args(argv)
+    serve(server, args)
 
 
 if __name__ == "__main__":
