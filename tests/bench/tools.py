@@ -26,6 +26,7 @@ from mcp import Client, StdioServerParameters
 from sessions import LABEL, RUNTIMES, free_port, live_controller, metadata, percentile, remove_labelled
 
 from controller.config import Settings
+from controller.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME_SERVER = ROOT / ".servers" / "time" / "bin" / "mcp-server-time"
@@ -38,6 +39,8 @@ EXECUTION_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = EXECUTION_TIMEOUT_S + 30.0
 DIRECT_TIMEOUT_S = 300.0
 OVERHEAD_TARGET_MS = 1.0
+# The durations come back as the cell's value: no token budget may cut them.
+MAX_OUTPUT_TOKENS = 1_000_000
 
 # Sandbox code; each cell's trailing expression is what it measured. Durations go back in ms rounded to 0.1 us,
 # which keeps the value under the runtime's 64 KiB result limit for tens of thousands of calls.
@@ -114,8 +117,10 @@ class Latency:
     @property
     def mcpx_p50_ms(self) -> float | None:
         """Per call, what was not the controller's MCP call (stub, worker, supervisor, socket, bridge, policy)."""
+        if len(self.upstream_ms) < 2:
+            return None
         paired = [total - upstream for total, upstream in zip(self.samples_ms, self.upstream_ms, strict=True)]
-        return percentile(paired, 50) if len(paired) >= 2 else None
+        return percentile(paired, 50)
 
 
 @dataclass
@@ -173,7 +178,8 @@ class SandboxBench:
     def run(self, code: str) -> tuple[Any, list[float]]:
         """The cell's value, and the controller's upstream milliseconds of each tool call it made."""
         response = self.api.post(
-            f"/v1/sessions/{self.session_id}/executions", json={"code": code, "timeout_s": EXECUTION_TIMEOUT_S}
+            f"/v1/sessions/{self.session_id}/executions",
+            json={"code": code, "timeout_s": EXECUTION_TIMEOUT_S, "max_output_tokens": MAX_OUTPUT_TOKENS},
         )
         response.raise_for_status()
         reply = response.json()
@@ -220,6 +226,16 @@ async def direct_calls(
                     raise RuntimeError(f"{label(tool)} failed: {result.content}")
     size = len(result.model_dump_json(by_alias=True, exclude_none=True).encode())
     return Latency(label(tool), "direct mcp", samples[warmup:], size, [])
+
+
+def roomy_policy(runs: int, warmup: int, large_runs: int) -> Policy:
+    """Quotas no measurement reaches: the default policy allows 1,000 calls per execution."""
+    per_execution = max(runs, large_runs) + max(warmup, LARGE_WARMUP, 4 * CONCURRENCY) + CONCURRENCY
+    return Policy(
+        max_tool_calls_per_execution=per_execution,
+        max_tool_calls=4 * per_execution,
+        max_result_bytes_per_execution=max(Policy().max_result_bytes_per_execution, per_execution * 1024 * 1024),
+    )
 
 
 def expect_servers(api: httpx.Client) -> None:
@@ -324,7 +340,14 @@ def main() -> None:
         state_dir = Path(temp) / "state"
         state_dir.mkdir()
         settings = Settings(
-            state_dir=state_dir, controller_id=controller_id, image=image, port=free_port(), servers_file=servers_file
+            state_dir=state_dir,
+            controller_id=controller_id,
+            image=image,
+            port=free_port(),
+            servers_file=servers_file,
+            # Nothing boots in the background while calls are timed; sessions here are never the default profile.
+            warm_pool_size=0,
+            policy=roomy_policy(args.runs, args.warmup, args.large_runs),
         )
         try:
             # Leaving the controller deletes its sessions and stops its MCP servers, whatever failed.
