@@ -140,8 +140,9 @@ runpy.run_module('mcpx_runtime', run_name='__main__', alter_sys=True)
 def test_a_runtime_planted_in_the_workspace_is_not_run_after_a_restart(
     api: httpx.Client, new_session: SessionFactory, runtime: str, request: pytest.FixtureRequest
 ) -> None:
-    # The image starts `python3 -m mcpx_runtime` in WORKDIR /workspace, and `-m` puts the working directory first
-    # on sys.path: a package of that name in the workspace, which survives restarts, would be imported instead.
+    # The runtime starts as `python3 -P -m mcpx_runtime` in WORKDIR /workspace: without -P, `-m` would put the
+    # working directory first on sys.path, and a package of that name there (kept across restarts) would become
+    # the supervisor of every restarted sandbox.
     session = new_session(runtime=runtime)
     planted = execute(
         api,
