@@ -42,8 +42,8 @@ OVERHEAD_TARGET_MS = 1.0
 # The durations come back as the cell's value: no token budget may cut them.
 MAX_OUTPUT_TOKENS = 1_000_000
 
-# Sandbox code; each cell's trailing expression is what it measured. Durations go back in ms rounded to 0.1 us,
-# which keeps the value under the runtime's 64 KiB result limit for tens of thousands of calls.
+# Sandbox code; each cell's trailing expression is what it measured. Durations go back in ms rounded to 0.1 us:
+# under ten characters a call in the result.
 SEQUENTIAL = """\
 import json, time
 from servers.{server} import {tool}
@@ -153,7 +153,7 @@ class Overhead:
         return self.sandbox_p50_ms - self.direct_p50_ms
 
 
-def label(tool: tuple[str, str, dict[str, Any]]) -> str:
+def tool_name(tool: tuple[str, str, dict[str, Any]]) -> str:
     return f"{tool[0]}.{tool[1]}"
 
 
@@ -196,18 +196,18 @@ class SandboxBench:
         value, upstream = self.run(code)
         if not isinstance(value, dict) or len(value.get("durations_ms", ())) != runs:
             raise RuntimeError(f"expected {runs} durations, got {str(value)[:200]!r}")
-        return Latency(label(tool), self.runtime, value["durations_ms"], value["result_bytes"], upstream[warmup:])
+        return Latency(tool_name(tool), self.runtime, value["durations_ms"], value["result_bytes"], upstream[warmup:])
 
     def concurrent(self, mode: str, template: str, tool: tuple[str, str, dict[str, Any]], runs: int) -> Throughput:
         server, name, arguments = tool
-        calls = runs - runs % CONCURRENCY if template is GATHER else runs
+        calls = runs - runs % CONCURRENCY  # whole batches, so both modes make the same number of calls
         code = template.format(
             server=server, tool=name, arguments=arguments, runs=calls, warmup=CONCURRENCY * 4, concurrency=CONCURRENCY
         )
         seconds, _ = self.run(code)
         if not isinstance(seconds, float):
             raise RuntimeError(f"expected the elapsed seconds, got {str(seconds)[:200]!r}")
-        return Throughput(label(tool), self.runtime, mode, calls, seconds)
+        return Throughput(tool_name(tool), self.runtime, mode, calls, seconds)
 
 
 async def direct_calls(
@@ -223,9 +223,9 @@ async def direct_calls(
                 result = await client.call_tool(name, arguments)
                 samples.append((time.perf_counter() - started) * 1000)
                 if result.is_error:
-                    raise RuntimeError(f"{label(tool)} failed: {result.content}")
+                    raise RuntimeError(f"{tool_name(tool)} failed: {result.content}")
     size = len(result.model_dump_json(by_alias=True, exclude_none=True).encode())
-    return Latency(label(tool), "direct mcp", samples[warmup:], size, [])
+    return Latency(tool_name(tool), "direct mcp", samples[warmup:], size, [])
 
 
 def roomy_policy(runs: int, warmup: int, large_runs: int) -> Policy:
@@ -279,8 +279,8 @@ def overheads(latencies: list[Latency]) -> list[Overhead]:
 
 def cost_per_mb(rows: list[Overhead], runtime: str) -> float:
     """Milliseconds per MB of result the sandbox path adds beyond a small call's overhead."""
-    small = next(row for row in rows if row.runtime == runtime and row.tool == label(SMALL))
-    large = next(row for row in rows if row.runtime == runtime and row.tool == label(LARGE))
+    small = next(row for row in rows if row.runtime == runtime and row.tool == tool_name(SMALL))
+    large = next(row for row in rows if row.runtime == runtime and row.tool == tool_name(LARGE))
     return (large.ms - small.ms) / ((large.result_bytes - small.result_bytes) / 1e6)
 
 
@@ -305,7 +305,7 @@ def table(latencies: list[Latency], throughputs: list[Throughput], rows: list[Ov
     lines.append("upstream: p50 of the controller's own MCP call of each call; in mcpx: p50 of (call - upstream)")
     lines.append("overhead: sandbox p50 - direct mcp p50 (the target is on this one)")
     for runtime in RUNTIMES:
-        small = overhead[label(SMALL), runtime]
+        small = overhead[tool_name(SMALL), runtime]
         verdict = "within" if small <= OVERHEAD_TARGET_MS else "ABOVE"
         lines.append(
             f"{runtime}: overhead {small:.3f} ms p50 ({verdict} the {OVERHEAD_TARGET_MS:g} ms target), "
