@@ -421,6 +421,39 @@ def test_deeply_nested_json_looking_output_does_not_raise(tokens: Tokens, floor:
         assert tokens.count(cut.text) <= limit(100, floor)
 
 
+# Every strategy at the edges of its budget
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("text", [words(3000), "\n".join(f"row {i}: ünïcødé ✓ 🚀" for i in range(2000))])
+def test_budget_zero_leaves_only_the_marker_with_the_saved_path(tokens: Tokens, strategy: Strategy, text: str) -> None:
+    cut = shape_text(tokens, text, 0, strategy, SAVED)
+    _, found, _ = split_marker(cut.text)
+    assert cut.text.strip() == found.group(0)
+    assert found.group(3) == SAVED
+    assert int(found.group(1).replace(",", "")) == tokens.count(text)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_an_exact_fit_is_kept_and_one_token_less_is_cut(tokens: Tokens, strategy: Strategy) -> None:
+    text = "\n".join(f"line {i}: some words" for i in range(300))
+    size = tokens.count(text)
+    assert shape_text(tokens, text, size, strategy, SAVED).text == text
+    assert MARKER.search(shape_text(tokens, text, size - 1, strategy, SAVED).text) is not None
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("budget", [0, 50, 500])
+def test_binary_garbage_is_shaped_to_clean_text_within_budget(
+    tokens: Tokens, floor: int, strategy: Strategy, budget: int
+) -> None:
+    garbage = random.Random(budget).randbytes(20_000).decode("utf-8", errors="backslashreplace")
+    cut = shape_text(tokens, garbage, budget, strategy, SAVED)
+    assert_clean_utf8(cut.text)
+    assert tokens.count(cut.text) <= limit(budget, floor)
+    assert MARKER.search(cut.text) is not None
+
+
 # A returned value and a whole execution's output
 
 
