@@ -1,8 +1,13 @@
-"""The controller's end of a session socket: JSON-RPC 2.0, one message per line, one sandbox connection at a time.
+"""The controller's end of a session socket: JSON-RPC 2.0, one message per line.
+
+The first connection is the control connection: the sandbox's supervisor, which the controller sends `execute` and
+friends to. Later ones are call connections: the interpreter's own, so a tool call costs one socket round trip
+instead of a relay through the supervisor. They may only send requests (tool calls, searches), never answer the
+controller's, and only `MAX_CALL_CONNECTIONS` may be open at once.
 
 Everything that arrives here is hostile. A malformed or unexpected frame gets a JSON-RPC error; a frame over the
-limit, or a second connection while one is live, closes that connection. Nothing a sandbox sends raises out of
-this module or blocks another session.
+limit, or a connection over the limit, closes that connection. Nothing a sandbox sends raises out of this module or
+blocks another session.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ RequestHandler = Callable[[str, Params], Awaitable[Any]]
 NotificationHandler = Callable[[str, Params], None]
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INTERNAL_ERROR = -32700, -32600, -32601, -32603
+# One per interpreter process that calls tools (a cell's forked children get their own), and a little room.
+MAX_CALL_CONNECTIONS = 8
 
 
 class RemoteError(Exception):
@@ -42,7 +49,8 @@ def encode(message: Params) -> bytes:
 
 
 class Bridge:
-    """Listens on `path`; the sandbox runtime connects. Requests go both ways on the one connection."""
+    """Listens on `path`; the sandbox runtime connects. Requests go both ways on the control connection, and come
+    in on call connections."""
 
     def __init__(
         self,
@@ -61,6 +69,7 @@ class Bridge:
         self.on_violation: Callable[[str], None] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._callers: set[asyncio.StreamWriter] = set()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -101,9 +110,10 @@ class Bridge:
             self._pending.pop(request_id, None)
 
     async def disconnect(self) -> None:
-        """Drop the current connection (its sandbox is being replaced)."""
-        if self._writer is not None:
-            self._writer.close()
+        """Drop the current connections (their sandbox is being replaced)."""
+        for writer in [self._writer, *self._callers]:
+            if writer is not None:
+                writer.close()
         self._fail_pending()
 
     async def close(self) -> None:
@@ -129,14 +139,24 @@ class Bridge:
         self._pending.clear()
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._writer is not None:
-            self._violation("a second connection was refused")
+        if self._writer is None:
+            await self._serve_control(reader, writer)
+        elif len(self._callers) < MAX_CALL_CONNECTIONS:
+            self._callers.add(writer)
+            try:
+                await self._read(reader, writer, control=False)
+            finally:
+                self._callers.discard(writer)
+                writer.close()
+        else:
+            self._violation(f"a connection over the limit of {MAX_CALL_CONNECTIONS + 1} was refused")
             writer.close()
-            return
+
+    async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self.connected.set()
         try:
-            await self._read(reader, writer)
+            await self._read(reader, writer, control=True)
         finally:
             if self._writer is writer:
                 self._writer = None
@@ -144,7 +164,7 @@ class Bridge:
                 self._fail_pending()
             writer.close()
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, control: bool) -> None:
         while True:
             try:
                 line = await reader.readuntil(b"\n")
@@ -155,9 +175,9 @@ class Bridge:
                 return
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
-            await self._dispatch(writer, line)
+            await self._dispatch(writer, line, control)
 
-    async def _dispatch(self, writer: asyncio.StreamWriter, line: bytes) -> None:
+    async def _dispatch(self, writer: asyncio.StreamWriter, line: bytes, control: bool) -> None:
         try:
             message = json.loads(line)
         except (ValueError, RecursionError):  # a frame nested past the parser's depth is as malformed as bad JSON
@@ -167,8 +187,11 @@ class Bridge:
             await self._send_quietly(writer, error_reply(None, PARSE_ERROR, "parse error"))
             return
         method, request_id = message.get("method"), message.get("id")
-        if method is None:
+        if method is None and control:
             self._on_response(message)
+        elif method is None or (request_id is None and not control):
+            self._violation("a response or notification on a call connection")
+            await self._send_quietly(writer, error_reply(request_id, INVALID_REQUEST, "only requests are taken here"))
         elif not isinstance(method, str) or not isinstance(message.get("params", {}), dict):
             self._violation("a request with a bad method or params")
             await self._send_quietly(writer, error_reply(request_id, INVALID_REQUEST, "invalid request"))

@@ -48,6 +48,11 @@ class ToolInfo:
     output_schema: dict[str, Any] | None = None
     annotations: dict[str, Any] = field(default_factory=dict)
 
+    @functools.cached_property
+    def input_schema_key(self) -> str:
+        """The inputSchema as canonical JSON, computed once: what argument validators are cached by."""
+        return json.dumps(self.input_schema, sort_keys=True)
+
     def wire(self) -> dict[str, Any]:
         """The definition as a direct-tool-calling client would load it (MCP's wire layout)."""
         definition: dict[str, Any] = {"name": self.name, "description": self.description}
@@ -291,7 +296,7 @@ class ServerConnection:
 
     async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float) -> ToolOutcome:
         """Call a tool; every failure is an outcome with a message, never an exception."""
-        if self.state != "failed":  # a reconnect is under way: give it a moment before failing the call
+        if self.state != "failed" and not self.ready.is_set():  # a reconnect is under way: give it a moment
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(timeout_s, 10.0)):
                     await self.ready.wait()
@@ -299,10 +304,8 @@ class ServerConnection:
         if client is None:
             return ToolOutcome(None, f"server {self.name!r} is unavailable: {self.error or self.state}", "unavailable")
         try:
-            with anyio.fail_after(timeout_s):
-                result = await client.call_tool(tool, arguments)
-        except TimeoutError:
-            return ToolOutcome(None, f"{self.name}.{tool} timed out after {timeout_s:g} s", "timeout")
+            # The SDK's own deadline: on expiry it also tells the server to cancel the call.
+            result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout_s)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
                 if self._client is client:
@@ -310,8 +313,9 @@ class ServerConnection:
                     self.ready.clear()
                     self._lost.set()
                 return ToolOutcome(None, f"server {self.name!r} closed the connection during the call", "unavailable")
-            kind = "timeout" if exc.code == REQUEST_TIMEOUT else "server_error"
-            return ToolOutcome(None, f"{self.name}.{tool} failed: {exc.message}", kind)
+            if exc.code == REQUEST_TIMEOUT:
+                return ToolOutcome(None, f"{self.name}.{tool} timed out after {timeout_s:g} s", "timeout")
+            return ToolOutcome(None, f"{self.name}.{tool} failed: {exc.message}", "server_error")
         except (RuntimeError, pydantic.ValidationError) as exc:
             # The SDK raises these when a result breaks its own outputSchema or the protocol.
             return ToolOutcome(None, f"{self.name}.{tool} returned an invalid result: {exc}"[:2000], "invalid_result")

@@ -48,7 +48,7 @@ def _validator(schema_json: str) -> Validator | None:
 
 def argument_problem(tool: ToolInfo, arguments: dict[str, Any]) -> str | None:
     """The first way `arguments` break the tool's inputSchema, naming the field; None when they fit."""
-    validator = _validator(json.dumps(tool.input_schema, sort_keys=True))
+    validator = _validator(tool.input_schema_key)
     if validator is None:
         return None
     error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from controller import discovery, shaping, stubgen
 from controller.audit import AuditLog
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
-from controller.catalog import Catalog, CatalogSnapshot
+from controller.catalog import Catalog, CatalogSnapshot, ToolInfo, ToolOutcome
 from controller.config import Limits, Settings
 from controller.errors import (
     BridgeClosed,
@@ -188,11 +188,12 @@ class Session:
     restarts: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     listener: EventListener | None = None
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    billed: list[asyncio.Task[ToolCall]] = field(default_factory=list)
     tokens: TokenReport = field(default_factory=TokenReport)
     trace: str = ""
     calls_total: int = 0
     calls_in_flight: int = 0
+    calls_started: int = 0
     result_bytes: int = 0
 
     @property
@@ -242,6 +243,7 @@ class SessionManager:
         self.runtimes: set[str] = set()
         self.runtime = "runc"
         self._reaper: asyncio.Task[None] | None = None
+        self._unbilled: set[asyncio.Task[ToolCall]] = set()  # calls answered after their execution ended
 
     @property
     def sessions_dir(self) -> Path:
@@ -458,8 +460,8 @@ class SessionManager:
             session.last_used = time.monotonic()
             session.executions += 1
             session.listener = listener
-            session.tool_calls = []
-            session.result_bytes = 0
+            session.billed = []
+            session.calls_started = session.result_bytes = 0
             session.trace = secrets.token_hex(16)
             try:
                 refused = denied_imports(code, frozenset(session.policy.denied_imports))
@@ -474,7 +476,7 @@ class SessionManager:
                 if result.error is not None and result.error.kind in ("timeout", "oom", "crash"):
                     event = f"execution.{result.error.kind}"
                     self.audit.record(event, session=session.id, trace=session.trace, state_reset=result.state_reset)
-                result.tool_calls = list(session.tool_calls)
+                result.tool_calls = list(await asyncio.gather(*session.billed))
                 budget = max_output_tokens or self.settings.max_output_tokens
                 return await anyio.to_thread.run_sync(
                     self._shape, session, code, result, budget, strategy or self.settings.output_strategy
@@ -628,33 +630,23 @@ class SessionManager:
             raise RemoteError(TOOL_ERROR, str(refusal), {"kind": refusal.kind, **where}) from None
         started, trace = time.monotonic(), session.trace
         session.calls_total += 1
+        session.calls_started += 1
         session.calls_in_flight += 1
         try:
             outcome = await self.catalog.call(info.server, info.name, params["arguments"])
         finally:
             session.calls_in_flight -= 1
         elapsed = round((time.monotonic() - started) * 1000, 3)
-        self.audit.record(
-            "tool.called", session=session.id, trace=trace, ok=outcome.error is None, kind=outcome.kind or None,
-            ms=elapsed, bytes=outcome.size, **where,
-        )  # fmt: skip
         current = session.trace == trace  # an answer outliving its execution is not billed to the next one
         if current:
             session.result_bytes += outcome.size
-        answer = outcome.value if outcome.error is None else outcome.error
-        call = ToolCall(
-            server=info.server,
-            tool=info.name,
-            ok=outcome.error is None,
-            ms=elapsed,
-            bytes=outcome.size,
-            tokens=await self._count(answer, outcome.size),
-            call_tokens=self.tokens.count_json({"name": info.name, "arguments": params["arguments"]}),
-        )
+        # The reply goes first; counting its tokens and the audit record follow it (see _account).
+        task = asyncio.create_task(self._account(session, info, params["arguments"], outcome, elapsed, trace))
         if current:
-            session.tool_calls.append(call)
-            if session.listener is not None:
-                session.listener("tool_call", call.model_dump())
+            session.billed.append(task)
+        else:
+            self._unbilled.add(task)
+            task.add_done_callback(self._unbilled.discard)
         if outcome.error is not None:
             raise RemoteError(TOOL_ERROR, redact(outcome.error, self.secrets), {"kind": outcome.kind, **where})
         if session.result_bytes > session.policy.max_result_bytes_per_execution:
@@ -665,6 +657,35 @@ class SessionManager:
             raise RemoteError(TOOL_ERROR, message, {"kind": "quota", **where})
         return redact(outcome.value, self.secrets)
 
+    async def _account(
+        self,
+        session: Session,
+        info: ToolInfo,
+        arguments: dict[str, Any],
+        outcome: ToolOutcome,
+        elapsed: float,
+        trace: str,
+    ) -> ToolCall:
+        """Audit a finished call and count its tokens after its reply was sent: the sandbox does not wait for the
+        counting (its execution's response does)."""
+        ok = outcome.error is None
+        self.audit.record(
+            "tool.called", session=session.id, trace=trace, ok=ok, kind=outcome.kind or None, ms=elapsed,
+            bytes=outcome.size, server=info.server, tool=info.name,
+        )  # fmt: skip
+        call = ToolCall(
+            server=info.server,
+            tool=info.name,
+            ok=ok,
+            ms=elapsed,
+            bytes=outcome.size,
+            tokens=await self._count(outcome.value if ok else outcome.error, outcome.size),
+            call_tokens=self.tokens.count_json({"name": info.name, "arguments": arguments}),
+        )
+        if session.listener is not None and session.trace == trace:
+            session.listener("tool_call", call.model_dump())
+        return call
+
     async def _count(self, value: Any, size: int) -> int:
         """Tokens of a tool result: small ones inline (a thread hop costs more), large ones off the event loop."""
         if size < INLINE_COUNT_BYTES:
@@ -674,7 +695,7 @@ class SessionManager:
     def _check_quota(self, session: Session) -> None:
         """Raises: PolicyRefusal when a call would exceed one of the session's quotas."""
         policy = session.policy
-        if len(session.tool_calls) + session.calls_in_flight >= policy.max_tool_calls_per_execution:
+        if session.calls_started >= policy.max_tool_calls_per_execution:
             raise PolicyRefusal("quota", f"at most {policy.max_tool_calls_per_execution} tool calls per execution")
         if session.calls_total >= policy.max_tool_calls:
             raise PolicyRefusal("quota", f"at most {policy.max_tool_calls} tool calls per session")

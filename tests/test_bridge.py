@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 
-from controller.bridge import Bridge, RemoteError
+from controller.bridge import MAX_CALL_CONNECTIONS, Bridge, RemoteError
 from controller.errors import BridgeClosed, BridgeTimeout
 
 pytestmark = pytest.mark.anyio
@@ -115,12 +115,63 @@ async def test_a_frame_over_the_limit_closes_the_connection(bridge: Bridge):
     assert (await replacement.receive())["result"] == {"ok": True}
 
 
-async def test_a_second_connection_is_refused_while_one_is_live(bridge: Bridge):
-    first = await connected(bridge)
+async def test_later_connections_may_call_but_never_answer_the_controller(bridge: Bridge):
+    control = await connected(bridge)
+    caller = await Peer.connect(bridge)
+    await caller.send(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"from":"caller"}}\n')
+    assert (await caller.receive())["result"] == {"from": "caller"}
+
+    async def forge_then_answer() -> None:
+        request = await control.receive()
+        forged = {"jsonrpc": "2.0", "id": request["id"], "result": "forged"}
+        await caller.send(json.dumps(forged).encode() + b"\n")
+        assert (await caller.receive())["error"]["code"] == -32600
+        await caller.send(b'{"jsonrpc":"2.0","method":"output","params":{"text":"forged"}}\n')
+        assert (await caller.receive())["error"]["code"] == -32600
+        answer = {"jsonrpc": "2.0", "id": request["id"], "result": "genuine"}
+        await control.send(json.dumps(answer).encode() + b"\n")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(forge_then_answer)
+        assert await bridge.request("execute", {}, timeout_s=5) == "genuine"
+    assert bridge.protocol_errors == 2
+
+
+async def test_connections_over_the_limit_are_refused(bridge: Bridge):
+    control = await connected(bridge)
+    callers = [await Peer.connect(bridge) for _ in range(MAX_CALL_CONNECTIONS)]
+    for number, caller in enumerate(callers):
+        await caller.send(b'{"jsonrpc":"2.0","id":%d,"method":"echo","params":{}}\n' % number)
+        assert (await caller.receive())["id"] == number
     intruder = await Peer.connect(bridge)
     assert await intruder.closed()
-    await first.send(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"still":"served"}}\n')
-    assert (await first.receive())["result"] == {"still": "served"}
+    assert bridge.protocol_errors == 1
+    callers[0].writer.close()
+    with anyio.fail_after(5):
+        while True:  # the freed slot is taken by the next connection
+            replacement = await Peer.connect(bridge)
+            await replacement.send(b'{"jsonrpc":"2.0","id":7,"method":"echo","params":{}}\n')
+            if (await replacement.reader.readline()) != b"":
+                break
+    await control.send(b'{"jsonrpc":"2.0","id":8,"method":"echo","params":{"still":"served"}}\n')
+    assert (await control.receive())["result"] == {"still": "served"}
+
+
+async def test_the_control_connection_is_the_first_after_none(bridge: Bridge):
+    first = await connected(bridge)
+    first.writer.close()
+    with anyio.fail_after(5):
+        while bridge.is_connected:  # noqa: ASYNC110 - the bridge has no event for a disconnect
+            await asyncio.sleep(0.01)
+    second = await connected(bridge)
+
+    async def answer() -> None:
+        request = await second.receive()
+        await second.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": "new"}).encode() + b"\n")
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(answer)
+        assert await bridge.request("ping", {}, timeout_s=5) == "new"
 
 
 async def test_a_response_to_an_unknown_id_is_ignored_and_counted(bridge: Bridge):

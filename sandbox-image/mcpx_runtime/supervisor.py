@@ -2,7 +2,8 @@
 
 It owns no user state. It relays `execute` to the worker, enforces the timeout (SIGINT, then SIGKILL of the
 worker's process group after a grace period), captures fd-level stdout/stderr, and restarts the worker whenever it
-dies, reporting `state_reset`. Tool calls from the worker are forwarded to the controller on the same connection.
+dies, reporting `state_reset`. The worker calls tools on a connection of its own (see tools.py), so they never wait
+for this process; `call` events a worker sends on its pipe are still relayed.
 """
 
 from __future__ import annotations

@@ -1,23 +1,32 @@
-"""What generated stubs call: MCP tools, reached through the controller over the sandbox's one connection.
+"""What generated stubs call: MCP tools, reached through the controller on the interpreter's own connection.
 
 A stub called from plain code blocks and returns the tool's result. Called from a coroutine (a cell that uses
 `await`, or an `async def`), it returns an awaitable instead, and the request is already on its way, so
 `await asyncio.gather(a(), b())` runs tools concurrently. Threads may call stubs concurrently too.
+
+There is no reader thread: under gVisor every thread hand-off costs as much as the socket round trip itself. A
+caller that waits reads the connection itself and hands other callers their replies (leader and followers); an
+awaitable waits in the event loop's executor the same way.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
 import sys
+import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Literal
 
+from mcpx_runtime.wire import FrameTooLarge, LineReader, Message, encode
+
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Callable
 
 CO_COROUTINE, CO_ASYNC_GENERATOR = 0x80, 0x200
 TRANSPARENT = frozenset({"<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>", "<lambda>"})
-_request: Callable[[str, dict[str, Any]], Future[Any]] | None = None
+READ_SIZE = 65536
 
 
 class ToolError(Exception):
@@ -81,12 +90,6 @@ ERRORS: dict[str, type[ToolError]] = {
 }
 
 
-def connect(request: Callable[[str, dict[str, Any]], Future[Any]]) -> None:
-    """Called once by the worker: how requests reach the controller."""
-    global _request
-    _request = request
-
-
 def error_from_reply(error: Any) -> ToolError:
     """The exception a JSON-RPC error reply stands for."""
     if not isinstance(error, dict):
@@ -100,10 +103,145 @@ def error_from_reply(error: Any) -> ToolError:
     )
 
 
-def _send(method: str, params: dict[str, Any]) -> Future[Any]:
-    if _request is None:
+class Connection:
+    """This process's connection to the controller, opened at the first call (and again in a forked child)."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        self._path = path
+        self._limit = limit
+        self._sock: socket.socket | None = None
+        self._owner = 0
+        self._inbox = LineReader(limit)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Future[Any]] = {}
+        self._sending = threading.Lock()
+        self._reading = threading.Lock()
+        self._changed = threading.Condition()
+        self._pumping = False
+
+    def request(self, method: str, params: dict[str, Any]) -> Future[Any]:
+        """Send a request now; its reply resolves the future once somebody waits (`result`).
+
+        Raises:
+            ToolError: the request is larger than a frame, or the controller cannot be reached.
+        """
+        future: Future[Any] = Future()
+        with self._sending:
+            request_id = next(self._ids)
+            frame = encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            if len(frame) > self._limit:
+                raise ToolError(f"the request is {len(frame)} bytes, over the {self._limit}-byte frame limit")
+            try:
+                sock = self._socket()
+                self._pending[request_id] = future
+                sock.sendall(frame)
+            except OSError as exc:
+                self._pending[request_id] = future
+                self._lost(f"cannot reach the controller: {exc}")
+        return future
+
+    def result(self, future: Future[Any]) -> Any:
+        self.wait(future)
+        return future.result()
+
+    def awaitable(self, future: Future[Any]) -> asyncio.Future[Any]:
+        """The future for the running event loop; one executor thread reads replies while any are due."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        with self._sending:
+            start, self._pumping = not self._pumping, True
+        if start:
+            loop.run_in_executor(None, self._pump)
+        return asyncio.wrap_future(future, loop=loop)
+
+    def _pump(self) -> None:
+        while True:
+            with self._sending:
+                due = next(iter(list(self._pending.values())), None)
+                if due is None:
+                    self._pumping = False
+                    return
+            self.wait(due)
+
+    def wait(self, future: Future[Any]) -> None:
+        """Wait for a reply: read the connection while no other caller does, else wait for the one who does."""
+        while not future.done():
+            if self._reading.acquire(blocking=False):
+                try:
+                    while not future.done():
+                        self._read()
+                finally:
+                    self._reading.release()
+                    with self._changed:
+                        self._changed.notify_all()
+            else:
+                with self._changed:
+                    self._changed.wait_for(lambda: future.done() or not self._reading.locked())
+
+    def _socket(self) -> socket.socket:
+        if self._owner != os.getpid():
+            # A forked child gets a connection of its own (replies would go to whoever reads first) and forgets
+            # its parent's calls and locks.
+            self._sock, self._owner, self._pending, self._pumping = None, os.getpid(), {}, False
+            self._reading, self._changed = threading.Lock(), threading.Condition()
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._inbox = LineReader(self._limit)
+            self._sock.connect(self._path)
+        return self._sock
+
+    def _read(self) -> None:
+        sock = self._sock
+        try:
+            data = sock.recv(READ_SIZE) if sock is not None else b""
+            messages = self._inbox.feed(data) if data else None
+        except (OSError, FrameTooLarge) as exc:
+            self._lost(f"the connection to the controller failed: {exc}")
+            return
+        if messages is None:
+            self._lost("the controller closed the connection")
+            return
+        for message in messages:
+            if message is not None:
+                self._resolve(message)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _resolve(self, message: Message) -> None:
+        request_id = message.get("id")
+        future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if future is None:
+            return
+        if message.get("error") is not None:
+            future.set_exception(error_from_reply(message["error"]))
+        else:
+            future.set_result(message.get("result"))
+
+    def _lost(self, reason: str) -> None:
+        """Fail every waiting call; the next one reconnects."""
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ToolError(reason))
+
+
+_connection: Connection | None = None
+
+
+def connect(path: str, limit: int) -> None:
+    """Called once by the worker: where the controller listens."""
+    global _connection
+    _connection = Connection(path, limit)
+
+
+def _call(method: str, params: dict[str, Any]) -> tuple[Connection, Future[Any]]:
+    if _connection is None:
         raise ToolError("tools are only callable inside an mcpx sandbox")
-    return _request(method, params)
+    return _connection, _connection.request(method, params)
 
 
 def _in_coroutine() -> bool:
@@ -125,12 +263,6 @@ def _in_coroutine() -> bool:
     return frame is not None and bool(frame.f_code.co_flags & (CO_COROUTINE | CO_ASYNC_GENERATOR))
 
 
-def _awaitable(future: Future[Any]) -> asyncio.Future[Any]:
-    import asyncio
-
-    return asyncio.wrap_future(future)
-
-
 def call_tool(server: str, tool: str, arguments: dict[str, Any], omit_none: tuple[str, ...] = ()) -> Any:
     """Call `tool` of `server`; optional arguments left at None are not sent.
 
@@ -138,8 +270,8 @@ def call_tool(server: str, tool: str, arguments: dict[str, Any], omit_none: tupl
         ToolError: (or a subclass) the call was refused or failed; the message says why.
     """
     sent = {name: value for name, value in arguments.items() if not (value is None and name in omit_none)}
-    future = _send("tools/call", {"server": server, "tool": tool, "arguments": sent})
-    return _awaitable(future) if _in_coroutine() else future.result()
+    connection, future = _call("tools/call", {"server": server, "tool": tool, "arguments": sent})
+    return connection.awaitable(future) if _in_coroutine() else connection.result(future)
 
 
 def search_tools(
@@ -150,5 +282,6 @@ def search_tools(
     detail="name" gives where each tool lives (`servers.<server>.<tool>`), "description" adds its one-line
     description, "full" adds its Python signature and input schema.
     """
-    result: list[dict[str, Any]] = _send("tools/search", {"query": query, "detail": detail, "limit": limit}).result()
+    connection, future = _call("tools/search", {"query": query, "detail": detail, "limit": limit})
+    result: list[dict[str, Any]] = connection.result(future)
     return result

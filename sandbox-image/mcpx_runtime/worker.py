@@ -15,12 +15,9 @@ import itertools
 import json
 import linecache
 import os
-import queue
 import signal
 import sys
-import threading
 import traceback
-from concurrent.futures import Future
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +26,7 @@ from mcpx_runtime.wire import LineReader, Message, encode
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Iterator
 
 # A returned value travels in one frame with the output; the controller shapes it to the token budget.
 MAX_RESULT_CHARS = int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024)))
@@ -36,51 +34,20 @@ _cell_numbers = itertools.count(1)
 
 
 class Channel:
-    """The worker's side of the command/event pipes; `send` is safe from any thread."""
+    """The worker's side of the command/event pipes, used by its main thread only."""
 
     def __init__(self, cmd_fd: int, evt_fd: int, limit: int) -> None:
         self._cmd_fd = cmd_fd
         self._evt = os.fdopen(evt_fd, "wb", buffering=0)
-        self._lock = threading.Lock()
         self._reader = LineReader(limit)
-        self._ids = itertools.count(1)
-        self._pending: dict[int, Future[Any]] = {}
-        self.commands: queue.Queue[Message | None] = queue.Queue()
 
     def send(self, message: Message) -> None:
-        data = encode(message)
-        with self._lock:
-            self._evt.write(data)
+        self._evt.write(encode(message))
 
-    def request(self, method: str, params: dict[str, Any]) -> Future[Any]:
-        """Send a request to the controller (through the supervisor); the reader thread resolves the future."""
-        future: Future[Any] = Future()
-        request_id = next(self._ids)
-        self._pending[request_id] = future
-        try:
-            self.send({"type": "call", "id": request_id, "method": method, "params": params})
-        except BaseException:
-            del self._pending[request_id]
-            raise
-        return future
-
-    def read_forever(self) -> None:
-        """Reader thread: queue commands, resolve replies; EOF means the supervisor is gone."""
-        while True:
-            data = os.read(self._cmd_fd, 65536)
-            if not data:
-                self.commands.put(None)
-                return
-            for message in self._reader.feed(data):
-                if message is None:
-                    continue
-                if message.get("type") != "reply":
-                    self.commands.put(message)
-                elif (future := self._pending.pop(message.get("id"), None)) is not None:  # type: ignore[arg-type]
-                    if message.get("error") is not None:
-                        future.set_exception(tools.error_from_reply(message["error"]))
-                    else:
-                        future.set_result(message.get("result"))
+    def commands(self) -> Iterator[Message]:
+        """The supervisor's commands, read as they come; the iteration ends when it closes the pipe."""
+        while data := os.read(self._cmd_fd, 65536):
+            yield from (message for message in self._reader.feed(data) if message is not None)
 
 
 class Interpreter:
@@ -215,12 +182,11 @@ def main(cmd_fd: int, evt_fd: int, limit: int) -> None:
         os.set_inheritable(fd, False)  # programs the cell starts must not hold the supervisor's pipes open
     sys.path.append("/workspace")  # last: the agent's modules import, but shadow nothing
     channel = Channel(cmd_fd, evt_fd, limit)
-    tools.connect(channel.request)
+    tools.connect(os.environ.get("MCPX_SOCKET", "/run/mcpx/bridge.sock"), limit)
     interpreter = Interpreter()
-    threading.Thread(target=channel.read_forever, name="mcpx-commands", daemon=True).start()
     channel.send({"type": "ready", "pid": os.getpid()})
     pid = os.getpid()
-    while (command := channel.commands.get()) is not None:
+    for command in channel.commands():
         if command.get("type") == "execute":
             reply = interpreter.run_cell(str(command.get("code", "")))
             if os.getpid() != pid:

@@ -1,4 +1,4 @@
-"""Attacks on the session socket from inside the sandbox: a second connection, the supervisor's own connection
+"""Attacks on the session socket from inside the sandbox: connections of its own, the supervisor's connection
 taken over, hostile frames written straight to the controller, floods, and reaching for another session.
 
 The worker cannot open or duplicate the supervisor's connection. Under runc it can ptrace its parent (same uid, no
@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.bridge import MAX_CALL_CONNECTIONS
 from controller.config import Settings
 from tests.conftest import LiveServer, SessionFactory, execute, wait_until
 from tests.security.conftest import Attack
@@ -168,36 +169,48 @@ def hostile_calls(log: Path) -> list[str]:
     return log.read_text().splitlines()
 
 
-def test_a_second_connection_from_inside_is_closed_unanswered(
+def test_connections_opened_from_inside_get_no_more_than_the_stubs_do(
     api: httpx.Client, new_session: SessionFactory, runtime: str, settings: Settings
 ):
-    session = new_session(runtime=runtime)
+    session = new_session(runtime=runtime, servers=["time"])
     ok(api, session, "mine = 'intact'")
     outcome = ok(
         api,
         session,
         textwrap.dedent(
-            """
-            import errno, json, socket
-            intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            intruder.settimeout(5)
-            intruder.connect("/run/mcpx/bridge.sock")
-            request = {"jsonrpc": "2.0", "id": 1, "method": "tools/search", "params": {"query": "x"}}
-            try:
-                intruder.sendall(json.dumps(request).encode() + b"\\n")
-                answer, ended = intruder.recv(65536), "eof"
-            except TimeoutError:
-                answer, ended = b"", "still open after 5 s"
-            except OSError as exc:
-                answer, ended = b"", errno.errorcode[exc.errno]
-            intruder.close()
-            answer.decode(), ended
+            f"""
+            import json, socket
+
+            def connect():
+                peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                peer.settimeout(5)
+                peer.connect("/run/mcpx/bridge.sock")
+                return peer
+
+            def ask(peer, message):
+                try:
+                    peer.sendall(json.dumps({{"jsonrpc": "2.0", **message}}).encode() + b"\\n")
+                    answer = peer.recv(65536)
+                except (BrokenPipeError, ConnectionResetError):
+                    answer = b""
+                return json.loads(answer) if answer else "closed"
+
+            peer = connect()
+            outside = ask(peer, {{"id": 1, "method": "tools/call",
+                                 "params": {{"server": "crm", "tool": "get_record", "arguments": {{}}}}}})
+            forged = ask(peer, {{"id": 1, "result": {{"stdout": "forged"}}}})
+            crowd = [connect() for _ in range({MAX_CALL_CONNECTIONS + 2})]
+            search = {{"id": 2, "method": "tools/search", "params": {{"query": "time"}}}}
+            answers = [ask(extra, search) for extra in crowd]
+            [outside["error"]["data"]["kind"], forged["error"]["code"], answers.count("closed")]
             """
         ),
     )
-    assert outcome[0] == ""
-    assert outcome[1] in ("eof", "ECONNRESET", "EPIPE"), outcome
-    assert "a second connection was refused" in violations(settings, session)
+    assert outcome[:2] == ["refused", -32600]
+    assert outcome[2] >= 1
+    found = violations(settings, session)
+    assert "a response or notification on a call connection" in found
+    assert any("over the limit" in what for what in found)
     assert ok(api, session, "mine") == "intact"
 
 
@@ -421,16 +434,18 @@ def test_a_lone_surrogate_in_raw_tool_arguments_does_not_break_other_sessions_ca
         wait_until(lambda: execute(api, victim, again)["error"] is None, 30, "the hostile server to serve again")
 
 
-def test_a_flood_of_10k_tool_calls_through_the_supervisor_is_refused_call_by_call(attack: Attack):
+def test_a_flood_of_10k_tool_calls_is_refused_call_by_call(attack: Attack):
     reply = attack(
         textwrap.dedent(
             """
             from mcpx_runtime import tools
-            futures = [tools._send("tools/call", {"server": "nope", "tool": "x", "arguments": {}})
+            connection = tools._connection
+            futures = [connection.request("tools/call", {"server": "nope", "tool": "x", "arguments": {}})
                        for _ in range(10_000)]
             outcomes = {}
             for future in futures:
-                error = future.exception(timeout=60)
+                connection.wait(future)
+                error = future.exception()
                 name = type(error).__name__ if error is not None else "answered"
                 outcomes[name] = outcomes.get(name, 0) + 1
             outcomes
@@ -442,17 +457,15 @@ def test_a_flood_of_10k_tool_calls_through_the_supervisor_is_refused_call_by_cal
     assert reply["result"] == {"ToolNotAllowed": 10_000}
 
 
-def test_a_tool_call_with_non_object_params_written_to_the_supervisor_gets_an_invalid_request_error(attack: Attack):
+def test_a_tool_call_with_non_object_params_gets_an_invalid_request_error(attack: Attack):
     reply = attack(
         textwrap.dedent(
             """
-            from concurrent.futures import Future
             from mcpx_runtime import tools
-            channel = tools._request.__self__  # the worker's pipe to the supervisor, forwarded as-is
-            future = Future()
-            channel._pending[999_999] = future
-            channel.send({"type": "call", "id": 999_999, "method": "tools/call", "params": ["hostile", "die"]})
-            error = future.exception(timeout=10)
+            connection = tools._connection
+            future = connection.request("tools/call", ["hostile", "die"])
+            connection.wait(future)
+            error = future.exception()
             type(error).__name__, str(error)
             """
         )
