@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 CO_COROUTINE, CO_ASYNC_GENERATOR = 0x80, 0x200
 TRANSPARENT = frozenset({"<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>", "<lambda>"})
 _request: Callable[[str, dict[str, Any]], Future[Any]] | None = None
+# The W3C trace context of the running execution, set by the worker; each tool call carries it back.
+traceparent = ""
 
 
 class ToolError(Exception):
@@ -138,7 +140,10 @@ def call_tool(server: str, tool: str, arguments: dict[str, Any], omit_none: tupl
         ToolError: (or a subclass) the call was refused or failed; the message says why.
     """
     sent = {name: value for name, value in arguments.items() if not (value is None and name in omit_none)}
-    future = _send("tools/call", {"server": server, "tool": tool, "arguments": sent})
+    params: dict[str, Any] = {"server": server, "tool": tool, "arguments": sent}
+    if traceparent:
+        params["_meta"] = {"traceparent": traceparent}
+    future = _send("tools/call", params)
     return _awaitable(future) if _in_coroutine() else future.result()
 
 
