@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from controller.policy import Policy
 from controller.runtime import DockerBackend, SandboxBackend
 from controller.sessions import ExecutionResult, Session, SessionManager, TokenReport
 from controller.shaping import Strategy, Tokens
+from controller.telemetry import Telemetry, TracingMiddleware
 from controller.tenants import Tenants, load_keys
 
 logger = logging.getLogger(__name__)
@@ -237,9 +239,13 @@ def resolve_limits(settings: Settings, request: SessionRequest) -> Limits:
     return limits
 
 
-def bearer_tenant(tenants: Tenants, authorization: str | None) -> str | None:
+def bearer_key(authorization: str | None) -> str | None:
     scheme, _, key = (authorization or "").partition(" ")
-    return tenants.authenticate(key.strip() if scheme.lower() == "bearer" else None)
+    return key.strip() if scheme.lower() == "bearer" else None
+
+
+def bearer_tenant(tenants: Tenants, authorization: str | None) -> str | None:
+    return tenants.authenticate(bearer_key(authorization))
 
 
 async def authenticated_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
@@ -280,9 +286,11 @@ def session_info(session: Session, now: float) -> SessionInfo:
     )
 
 
-def create_app(settings: Settings, backend: SandboxBackend | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, backend: SandboxBackend | None = None, telemetry: Telemetry | None = None
+) -> FastAPI:
     """The ASGI app; its lifespan connects the MCP servers, starts the session manager (reconciling leftovers),
-    and drains both at shutdown.
+    and drains both at shutdown. Without `telemetry`, one is made from the settings.
 
     Raises:
         ConfigError: the server config is invalid.
@@ -294,8 +302,15 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
         raise ConfigError(f"refusing to serve on {settings.host} without API keys: set MCPX_API_KEYS or bind loopback")
     tokens = Tokens()
     audit = AuditLog(settings.audit_log or settings.state_dir / "audit.log")
+    telemetry = telemetry or Telemetry(settings.controller_id, settings.otlp())
     manager = SessionManager(
-        settings, backend or DockerBackend(settings.docker_host), catalog, frozenset(secrets_of(servers)), tokens, audit
+        settings,
+        backend or DockerBackend(settings.docker_host),
+        catalog,
+        frozenset(secrets_of(servers)),
+        tokens,
+        audit,
+        telemetry,
     )
     mcp_app, mcp_lifespan = mcp_endpoint(
         manager, tenants, lambda request: bearer_tenant(tenants, request.headers.get("authorization"))
@@ -314,10 +329,12 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
         finally:
             await catalog.close()
             audit.close()
+            telemetry.shutdown()
 
     app = FastAPI(title="mcpx", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
     app.state.tenants = tenants
+    app.add_middleware(TracingMiddleware, telemetry=telemetry)
     # A route, not a mount: a mount would redirect /mcp to /mcp/, which not every MCP client follows.
     app.router.routes.append(Route("/mcp", mcp_app, methods=["GET", "POST", "DELETE"]))
     error_responses: dict[int | str, dict[str, object]] = {
@@ -356,6 +373,16 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
             return JSONResponse({"status": "ready", "runtime": manager.runtime, "servers": servers})
         detail = f"Docker is unreachable or the image {settings.image} is missing"
         return JSONResponse({"error": "not_ready", "detail": detail, "servers": servers}, status_code=503)
+
+    @app.get("/metrics", tags=["health"], responses={401: {"model": Problem}, 200: {"content": {"text/plain": {}}}})
+    async def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Prometheus exposition; with MCPX_METRICS_TOKEN set, only for `Authorization: Bearer <token>`."""
+        if settings.metrics_token is not None:
+            given = (bearer_key(authorization) or "").encode()
+            if not secrets.compare_digest(given, settings.metrics_token.encode()):
+                raise Unauthorized("/metrics needs the metrics token: Authorization: Bearer <token>")
+        body, content_type = telemetry.exposition()
+        return Response(body, media_type=content_type)
 
     def visible(caller: str) -> CatalogSnapshot:
         return tenants.view(caller, catalog.snapshot)

@@ -1,7 +1,8 @@
 """The audit log: one JSON object per line, appended, never rewritten.
 
 Events: session.created, session.deleted, execution.timeout, execution.oom, execution.crash, tool.called,
-policy.refused, static_check.refused, bridge.violation. Each carries the session, tenant and trace ids it belongs to.
+policy.refused, static_check.refused, bridge.violation, anomaly.detected. Each carries the session, tenant and trace
+ids it belongs to.
 Tool calls are logged by name, outcome and size; argument values never are.
 """
 

@@ -17,14 +17,14 @@ import logging
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx2
 import pydantic
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import Implementation, ToolListChangedNotification
+from mcp.types import Implementation, RequestParamsMeta, ToolListChangedNotification
 
 from controller.config import HttpServer, StdioServer
 
@@ -294,8 +294,9 @@ class ServerConnection:
             logger.info("MCP server %s changed its tools (%d now)", self.name, len(self.tools))
             self._on_change()
 
-    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float) -> ToolOutcome:
-        """Call a tool; every failure is an outcome with a message, never an exception."""
+    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float, traceparent: str = "") -> ToolOutcome:
+        """Call a tool, passing the W3C `traceparent` on in the request's `_meta`; every failure is an outcome
+        with a message, never an exception."""
         if self.state != "failed" and not self.ready.is_set():  # a reconnect is under way: give it a moment
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(timeout_s, 10.0)):
@@ -303,9 +304,11 @@ class ServerConnection:
         client = self._client
         if client is None:
             return ToolOutcome(None, f"server {self.name!r} is unavailable: {self.error or self.state}", "unavailable")
+        # An open map (`extra_items`), which mypy does not model yet.
+        meta = cast(RequestParamsMeta, {"traceparent": traceparent}) if traceparent else None
         try:
             # The SDK's own deadline: on expiry it also tells the server to cancel the call.
-            result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout_s)
+            result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout_s, meta=meta)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
                 if self._client is client:
@@ -351,9 +354,9 @@ class Catalog:
     def statuses(self) -> list[ServerStatus]:
         return [connection.status() for connection in self.connections.values()]
 
-    async def call(self, server: str, tool: str, arguments: dict[str, Any]) -> ToolOutcome:
+    async def call(self, server: str, tool: str, arguments: dict[str, Any], traceparent: str = "") -> ToolOutcome:
         connection = self.connections[server]
-        return await connection.call(tool, arguments, connection.config.timeout_s)
+        return await connection.call(tool, arguments, connection.config.timeout_s, traceparent)
 
     def _changed(self) -> None:
         servers = tuple(connection.info() for _name, connection in sorted(self.connections.items()) if connection.tools)

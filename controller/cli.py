@@ -56,7 +56,15 @@ def serve(args: argparse.Namespace) -> int:
         print(f"mcpx: {exc}", file=sys.stderr)
         return 2
     print(f"mcpx: serving on http://{settings.host}:{settings.port}", file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    logs: dict[str, Any] = {}
+    if settings.log_format == "json":
+        from controller.telemetry import log_json
+
+        log_json()
+        logs["log_config"] = None  # uvicorn's records go to the root logger's JSON handler
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=30, **logs
+    )
     return 0
 
 

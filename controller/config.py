@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.anomalies import Thresholds
 from controller.errors import ConfigError
 from controller.policy import Policy
 from controller.tenants import TenantConfig
@@ -216,12 +217,24 @@ class Settings(BaseSettings):
     """The mcpServers JSON file (`mcpx serve --config`); without one, the built-in demo servers run."""
     connect_timeout_s: float = 30.0
     """How long the controller waits at start for MCP servers before serving without the slow ones."""
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    """Base URL of an OTLP/HTTP collector for traces and metrics; default: OTEL_EXPORTER_OTLP_ENDPOINT, else none."""
+    metrics_token: str | None = Field(default=None, repr=False)
+    """Bearer token `/metrics` requires; without one it is open, like `/healthz` (counts and server/tool names)."""
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per log line, with the trace and span ids of the current span."""
+    anomalies: Thresholds = Thresholds()
+    """Thresholds of the anomaly detectors (per session and per tenant), which raise audit events and a metric."""
 
     def servers(self, environ: Mapping[str, str] | None = None) -> dict[str, StdioServer | HttpServer]:
         """The configured MCP servers. Raises: ConfigError."""
         if self.servers_file is None:
             return demo_servers()
         return load_servers(self.servers_file, os.environ if environ is None else environ)
+
+    def otlp(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The OTLP/HTTP base URL traces and metrics go to, if any."""
+        return self.otlp_endpoint or (os.environ if environ is None else environ).get("OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 def reference() -> str:
@@ -232,7 +245,7 @@ def reference() -> str:
         for name, info in model.model_fields.items():
             variable = f"{prefix}{name.upper()}"
             nested = info.annotation if isinstance(info.annotation, type) else None
-            if nested is not None and issubclass(nested, BaseModel) and name in ("defaults", "policy"):
+            if nested is not None and issubclass(nested, BaseModel) and name in ("defaults", "policy", "anomalies"):
                 add(nested, f"{variable}__")
                 continue
             default = info.get_default(call_default_factory=True)

@@ -24,9 +24,10 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller import discovery, shaping, stubgen
+from controller.anomalies import Anomaly, Detector
 from controller.audit import AuditLog
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
-from controller.catalog import Catalog, CatalogSnapshot, ToolInfo, ToolOutcome
+from controller.catalog import Catalog, CatalogSnapshot, ToolOutcome
 from controller.config import Limits, Settings
 from controller.errors import (
     BridgeClosed,
@@ -49,6 +50,7 @@ from controller.runtime import (
     choose_runtime,
 )
 from controller.shaping import Strategy, Tokens
+from controller.telemetry import Telemetry, child_of
 from controller.workspaces import Workspaces
 
 logger = logging.getLogger(__name__)
@@ -191,6 +193,7 @@ class Session:
     billed: list[asyncio.Task[ToolCall]] = field(default_factory=list)
     tokens: TokenReport = field(default_factory=TokenReport)
     trace: str = ""
+    traceparent: str = ""  # the running execution's span, for the tool calls it makes
     calls_total: int = 0
     calls_in_flight: int = 0
     calls_started: int = 0
@@ -225,9 +228,12 @@ class SessionManager:
         secrets: frozenset[str],
         tokens: Tokens,
         audit: AuditLog,
+        telemetry: Telemetry,
     ) -> None:
         self.settings = settings
         self.audit = audit
+        self.telemetry = telemetry
+        self.anomalies = Detector(settings.anomalies)
         self.tokens = tokens
         self.backend = backend
         self.catalog = catalog
@@ -244,6 +250,8 @@ class SessionManager:
         self.runtime = "runc"
         self._reaper: asyncio.Task[None] | None = None
         self._unbilled: set[asyncio.Task[ToolCall]] = set()  # calls answered after their execution ended
+        telemetry.gauge("mcpx.sessions.active", "Sessions open now", lambda: len(self.sessions))
+        telemetry.gauge("mcpx.pool.size", "Warm sandboxes ready to be claimed", lambda: len(self.pool))
 
     @property
     def sessions_dir(self) -> Path:
@@ -330,10 +338,15 @@ class SessionManager:
         if max_sessions is not None and len(self.of_tenant(tenant)) + self._creating.count(tenant) >= max_sessions:
             raise SessionLimitReached(max_sessions)
         self._creating.append(tenant)
+        started = time.monotonic()
         try:
-            return await self._create(tenant, limits, runtime, servers, policy)
+            with self.telemetry.span("session.create", {"mcpx.tenant": tenant}) as span:
+                session = await self._create(tenant, limits, runtime, servers, policy)
+                span.set_attributes({"mcpx.session": session.id, "mcpx.warm": session.warm})
         finally:
             self._creating.remove(tenant)
+        self.telemetry.session_created(time.monotonic() - started, session.warm)
+        return session
 
     async def _create(
         self,
@@ -421,6 +434,7 @@ class SessionManager:
         session = self.sessions.pop(session_id, None)
         if session is None:
             raise SessionNotFound(session_id)
+        self.anomalies.forget(session_id)
         self.audit.record(
             "session.deleted",
             session=session_id,
@@ -456,34 +470,55 @@ class SessionManager:
             SandboxError: the sandbox died and could not be restarted.
         """
         timeout = timeout_s if timeout_s is not None else session.limits.timeout_s
+        attributes = {"mcpx.session": session.id, "mcpx.tenant": session.tenant}
         async with session.lock:
-            session.last_used = time.monotonic()
-            session.executions += 1
-            session.listener = listener
-            session.billed = []
-            session.calls_started = session.result_bytes = 0
-            session.trace = secrets.token_hex(16)
-            try:
-                refused = denied_imports(code, frozenset(session.policy.denied_imports))
-                if refused:
-                    self.audit.record("static_check.refused", session=session.id, trace=session.trace, found=refused)
-                    result = ExecutionResult(
-                        error=ExecutionError(kind="policy", type="PolicyRefusal",
-                                             message="imports denied by this session's policy: " + "; ".join(refused))
-                    )  # fmt: skip
-                else:
-                    result = await self._execute(session, code, timeout)
-                if result.error is not None and result.error.kind in ("timeout", "oom", "crash"):
-                    event = f"execution.{result.error.kind}"
-                    self.audit.record(event, session=session.id, trace=session.trace, state_reset=result.state_reset)
-                result.tool_calls = list(await asyncio.gather(*session.billed))
-                budget = max_output_tokens or self.settings.max_output_tokens
-                return await anyio.to_thread.run_sync(
-                    self._shape, session, code, result, budget, strategy or self.settings.output_strategy
-                )
-            finally:
-                session.listener = None
-                session.last_used = time.monotonic()
+            with self.telemetry.span("execution", attributes) as span:
+                started = session.last_used = time.monotonic()
+                session.executions += 1
+                session.listener = listener
+                session.billed = []
+                session.calls_started = session.result_bytes = 0
+                session.trace = secrets.token_hex(16)
+                session.traceparent = self.telemetry.traceparent()
+                span.set_attribute("mcpx.trace", session.trace)
+                try:
+                    result = await self._run(session, code, timeout, max_output_tokens, strategy)
+                finally:
+                    session.listener = None
+                    session.traceparent = ""
+                    session.last_used = time.monotonic()
+                outcome = result.error.kind if result.error is not None else "ok"
+                span.set_attribute("mcpx.outcome", outcome)
+                if result.error is not None:
+                    self.telemetry.fail(span, outcome)
+            now = time.monotonic()
+            self.telemetry.execution_finished(now - started, outcome)
+            self.telemetry.tokens(result.tokens.returned, result.tokens.saved)
+            self._raise(self.anomalies.execution(session.id, session.tenant, now - started, now), session)
+            return result
+
+    async def _run(
+        self, session: Session, code: str, timeout_s: float, max_output_tokens: int | None, strategy: Strategy | None
+    ) -> ExecutionResult:
+        refused = denied_imports(code, frozenset(session.policy.denied_imports))
+        if refused:
+            self.audit.record("static_check.refused", session=session.id, trace=session.trace, found=refused)
+            self.telemetry.refused("static_check")
+            self._raise(self.anomalies.refusal(session.id, session.tenant, time.monotonic()), session)
+            result = ExecutionResult(
+                error=ExecutionError(kind="policy", type="PolicyRefusal",
+                                     message="imports denied by this session's policy: " + "; ".join(refused))
+            )  # fmt: skip
+        else:
+            result = await self._execute(session, code, timeout_s)
+        if result.error is not None and result.error.kind in ("timeout", "oom", "crash"):
+            event = f"execution.{result.error.kind}"
+            self.audit.record(event, session=session.id, trace=session.trace, state_reset=result.state_reset)
+        result.tool_calls = list(await asyncio.gather(*session.billed))
+        budget = max_output_tokens or self.settings.max_output_tokens
+        return await anyio.to_thread.run_sync(
+            self._shape, session, code, result, budget, strategy or self.settings.output_strategy
+        )
 
     def _shape(
         self, session: Session, code: str, result: ExecutionResult, budget: int, strategy: Strategy
@@ -535,7 +570,12 @@ class SessionManager:
         if not session.bridge.is_connected:
             await self._restart(session)
             reset = True
-        params = {"code": code, "timeout_s": timeout_s, "stream": session.listener is not None}
+        params = {
+            "code": code,
+            "timeout_s": timeout_s,
+            "stream": session.listener is not None,
+            "traceparent": session.traceparent,
+        }
         deadline = timeout_s + self.settings.kill_grace_s + HUNG_MARGIN_S
         try:
             reply = await session.bridge.request("execute", params, deadline)
@@ -619,29 +659,41 @@ class SessionManager:
             raise RemoteError(METHOD_NOT_FOUND, f"unknown method {method!r}")
         server, tool = params.get("server"), params.get("tool")
         where = {"server": str(server)[:200], "tool": str(tool)[:200]}
-        try:
-            self._check_quota(session)
-            info = check_call(
-                self.catalog.snapshot, session.servers, session.policy, server, tool, params.get("arguments")
-            )
-        except PolicyRefusal as refusal:
-            self.audit.record("policy.refused", session=session.id, trace=session.trace, kind=refusal.kind,
-                              reason=refusal.audited[:500], **where)  # fmt: skip
-            raise RemoteError(TOOL_ERROR, str(refusal), {"kind": refusal.kind, **where}) from None
+        meta = params.get("_meta")
+        parent = child_of(meta.get("traceparent") if isinstance(meta, dict) else None, session.traceparent)
+        with self.telemetry.span("tool_call", {"mcpx.session": session.id, **where}, parent or None) as span:
+            try:
+                self._check_quota(session)
+                info = check_call(
+                    self.catalog.snapshot, session.servers, session.policy, server, tool, params.get("arguments")
+                )
+                return await self._call(session, info.server, info.name, params["arguments"], where)
+            except PolicyRefusal as refusal:
+                self._refused(session, refusal.kind, refusal.audited, where)
+                self.telemetry.fail(span, refusal.kind)
+                raise RemoteError(TOOL_ERROR, str(refusal), {"kind": refusal.kind, **where}) from None
+            except RemoteError as error:
+                self.telemetry.fail(span, str(error.data["kind"]))
+                raise
+
+    async def _call(self, session: Session, server: str, tool: str, arguments: Any, where: dict[str, str]) -> Any:
+        """A tool call the policy allowed: sent to its server, measured, accounted, its answer redacted."""
         started, trace = time.monotonic(), session.trace
         session.calls_total += 1
         session.calls_started += 1
         session.calls_in_flight += 1
+        self._raise(self.anomalies.tool_call(session.id, session.tenant, started), session)
         try:
-            outcome = await self.catalog.call(info.server, info.name, params["arguments"])
+            outcome = await self.catalog.call(server, tool, arguments, self.telemetry.traceparent())
         finally:
             session.calls_in_flight -= 1
+        self.telemetry.tool_called(server, tool, time.monotonic() - started, outcome.kind or None)
         elapsed = round((time.monotonic() - started) * 1000, 3)
         current = session.trace == trace  # an answer outliving its execution is not billed to the next one
         if current:
             session.result_bytes += outcome.size
         # The reply goes first; counting its tokens and the audit record follow it (see _account).
-        task = asyncio.create_task(self._account(session, info, params["arguments"], outcome, elapsed, trace))
+        task = asyncio.create_task(self._account(session, server, tool, arguments, outcome, elapsed, trace))
         if current:
             session.billed.append(task)
         else:
@@ -652,16 +704,16 @@ class SessionManager:
         if session.result_bytes > session.policy.max_result_bytes_per_execution:
             limit = session.policy.max_result_bytes_per_execution
             message = f"this execution received more than {limit} bytes of tool results; the result was withheld"
-            self.audit.record("policy.refused", session=session.id, trace=session.trace, kind="quota", reason=message,
-                              **where)  # fmt: skip
+            self._refused(session, "quota", message, where)
             raise RemoteError(TOOL_ERROR, message, {"kind": "quota", **where})
         return redact(outcome.value, self.secrets)
 
     async def _account(
         self,
         session: Session,
-        info: ToolInfo,
-        arguments: dict[str, Any],
+        server: str,
+        tool: str,
+        arguments: Any,
         outcome: ToolOutcome,
         elapsed: float,
         trace: str,
@@ -671,16 +723,16 @@ class SessionManager:
         ok = outcome.error is None
         self.audit.record(
             "tool.called", session=session.id, trace=trace, ok=ok, kind=outcome.kind or None, ms=elapsed,
-            bytes=outcome.size, server=info.server, tool=info.name,
+            bytes=outcome.size, server=server, tool=tool,
         )  # fmt: skip
         call = ToolCall(
-            server=info.server,
-            tool=info.name,
+            server=server,
+            tool=tool,
             ok=ok,
             ms=elapsed,
             bytes=outcome.size,
             tokens=await self._count(outcome.value if ok else outcome.error, outcome.size),
-            call_tokens=self.tokens.count_json({"name": info.name, "arguments": arguments}),
+            call_tokens=self.tokens.count_json({"name": tool, "arguments": arguments}),
         )
         if session.listener is not None and session.trace == trace:
             session.listener("tool_call", call.model_dump())
@@ -701,6 +753,21 @@ class SessionManager:
             raise PolicyRefusal("quota", f"at most {policy.max_tool_calls} tool calls per session")
         if session.calls_in_flight >= policy.max_concurrent_tool_calls:
             raise PolicyRefusal("quota", f"at most {policy.max_concurrent_tool_calls} tool calls at once")
+
+    def _refused(self, session: Session, kind: str, reason: str, where: dict[str, str]) -> None:
+        self.audit.record("policy.refused", session=session.id, trace=session.trace, kind=kind, reason=reason[:500],
+                          **where)  # fmt: skip
+        self.telemetry.refused(kind)
+        self._raise(self.anomalies.refusal(session.id, session.tenant, time.monotonic()), session)
+
+    def _raise(self, anomalies: list[Anomaly], session: Session) -> None:
+        for anomaly in anomalies:
+            self.audit.record(
+                "anomaly.detected", session=session.id, tenant=session.tenant, trace=session.trace or None,
+                kind=anomaly.kind, scope=anomaly.scope, value=round(anomaly.value, 3),
+                threshold=round(anomaly.threshold, 3),
+            )  # fmt: skip
+            self.telemetry.anomaly(anomaly.kind)
 
     def _on_violation(self, session: Session, what: str) -> None:
         self.audit.record("bridge.violation", session=session.id, trace=session.trace or None, what=what)

@@ -30,6 +30,7 @@ from tests.conftest import LiveServer, SessionFactory, make_settings
 OPERATIONS = [
     "GET /healthz",
     "GET /readyz",
+    "GET /metrics",
     "GET /v1/sessions",
     "POST /v1/sessions",
     "GET /v1/sessions/{session_id}",

@@ -231,7 +231,15 @@ class Supervisor:
         request, self.pending = self.pending, None
         timeout = float(request.get("timeout_s") or 30.0)
         self.execution = Execution(request["id"], time.monotonic() + timeout, bool(request.get("stream")))
-        self.worker.send({"type": "execute", "id": request["id"], "code": str(request.get("code", ""))})
+        traceparent = request.get("traceparent")
+        self.worker.send(
+            {
+                "type": "execute",
+                "id": request["id"],
+                "code": str(request.get("code", "")),
+                "traceparent": traceparent if isinstance(traceparent, str) else "",
+            }
+        )
 
     def _stop(self, execution: Execution, reason: str) -> None:
         if execution.kill_at is not None:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 CO_COROUTINE, CO_ASYNC_GENERATOR = 0x80, 0x200
 TRANSPARENT = frozenset({"<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>", "<lambda>"})
 READ_SIZE = 65536
+# The W3C trace context of the running execution, set by the worker; each tool call carries it back.
+traceparent = ""
 
 
 class ToolError(Exception):
@@ -270,7 +272,10 @@ def call_tool(server: str, tool: str, arguments: dict[str, Any], omit_none: tupl
         ToolError: (or a subclass) the call was refused or failed; the message says why.
     """
     sent = {name: value for name, value in arguments.items() if not (value is None and name in omit_none)}
-    connection, future = _call("tools/call", {"server": server, "tool": tool, "arguments": sent})
+    params: dict[str, Any] = {"server": server, "tool": tool, "arguments": sent}
+    if traceparent:
+        params["_meta"] = {"traceparent": traceparent}
+    connection, future = _call("tools/call", params)
     return connection.awaitable(future) if _in_coroutine() else connection.result(future)
 
 

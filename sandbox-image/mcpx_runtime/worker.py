@@ -188,6 +188,7 @@ def main(cmd_fd: int, evt_fd: int, limit: int) -> None:
     pid = os.getpid()
     for command in channel.commands():
         if command.get("type") == "execute":
+            tools.traceparent = str(command.get("traceparent") or "")
             reply = interpreter.run_cell(str(command.get("code", "")))
             if os.getpid() != pid:
                 os._exit(0)  # a child the cell forked fell through to here: only the worker itself may reply
