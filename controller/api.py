@@ -29,8 +29,10 @@ from controller.config import Limits, Settings, secrets_of
 from controller.endpoint import mcp_endpoint
 from controller.errors import (
     ConfigError,
+    ForwardingLoop,
     GVisorRequired,
     MCPXError,
+    ReplicaUnavailable,
     RuntimeUnavailable,
     SandboxError,
     SessionLimitReached,
@@ -40,6 +42,7 @@ from controller.errors import (
     WorkspaceError,
 )
 from controller.policy import Policy
+from controller.replicas import Forwarder, Replicas
 from controller.runtime import DockerBackend, SandboxBackend
 from controller.sessions import ExecutionResult, Session, SessionManager, TokenReport
 from controller.shaping import Strategy, Tokens
@@ -198,6 +201,8 @@ ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (UnknownServers, 422, "unknown_servers"),
     (GVisorRequired, 503, "gvisor_required"),
     (RuntimeUnavailable, 503, "runtime_unavailable"),
+    (ReplicaUnavailable, 503, "replica_unavailable"),
+    (ForwardingLoop, 502, "forwarding_loop"),
     (SandboxError, 502, "sandbox_failed"),
 ]
 
@@ -297,9 +302,12 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
     manager = SessionManager(
         settings, backend or DockerBackend(settings.docker_host), catalog, frozenset(secrets_of(servers)), tokens, audit
     )
-    mcp_app, mcp_lifespan = mcp_endpoint(
-        manager, tenants, lambda request: bearer_tenant(tenants, request.headers.get("authorization"))
-    )
+    replicas = Replicas(settings)
+
+    def tenant_of(request: Request) -> str | None:
+        return bearer_tenant(tenants, request.headers.get("authorization"))
+
+    mcp_app, mcp_lifespan = mcp_endpoint(manager, tenants, tenant_of, replicas)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -312,12 +320,17 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
             finally:
                 await manager.close()
         finally:
+            await replicas.aclose()
             await catalog.close()
             audit.close()
 
     app = FastAPI(title="mcpx", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
     app.state.tenants = tenants
+    # Requests for another replica's session go to that replica before any route sees them (see replicas.py).
+    app.add_middleware(
+        Forwarder, replicas=replicas, authenticated=lambda request: tenant_of(request) is not None, problem=problem
+    )
     # A route, not a mount: a mount would redirect /mcp to /mcp/, which not every MCP client follows.
     app.router.routes.append(Route("/mcp", mcp_app, methods=["GET", "POST", "DELETE"]))
     error_responses: dict[int | str, dict[str, object]] = {

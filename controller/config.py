@@ -18,6 +18,9 @@ from controller.policy import Policy
 from controller.tenants import TenantConfig
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A replica's name: a DNS label short enough that `<name>.<16 hex>` session ids fit in 63-character label values.
+REPLICA_NAME = r"[a-z0-9][a-z0-9-]{0,30}"
+ReplicaName = Annotated[str, Field(pattern=f"^{REPLICA_NAME}$")]
 
 
 class StdioServer(BaseModel):
@@ -152,8 +155,18 @@ class Settings(BaseSettings):
     """Address the HTTP API binds to."""
     port: int = 8080
     """Port of the HTTP API."""
-    controller_id: str = Field(default="mcpx", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
-    """Name written into every sandbox's `mcpx.controller` label; containers with it are this controller's."""
+    controller_id: ReplicaName = "mcpx"
+    """This replica's name: in every sandbox's `mcpx.controller` label (containers with it are this controller's, and
+    only those are reaped) and in every session id it makes (`<name>.<16 hex digits>`). Unique per replica: in a
+    StatefulSet, the pod's name."""
+    peers: dict[ReplicaName, Annotated[str, Field(pattern=r"^https?://[^/?#{}]+/?$")]] = Field(default_factory=dict)
+    """Other replicas by name, as JSON: `{"mcpx-1": "http://10.0.0.7:8080"}`; requests for their sessions are
+    forwarded to them."""
+    peer_url: str | None = Field(default=None, pattern=r"^https?://[^/?#{}]*\{replica\}[^/?#{}]*/?$")
+    """URL of a sibling replica, `{replica}` standing for its name, e.g. `http://{replica}.mcpx-replicas:8080` (a
+    StatefulSet's headless Service). Siblings are the replicas named `<stem>-<ordinal>` with this one's stem."""
+    forward_connect_timeout_s: float = Field(default=2.0, gt=0)
+    """How long a request for another replica's session may wait to connect to it before failing with 503."""
     state_dir: Path = Path("/var/lib/mcpx")
     """Where session sockets and workspaces live on the host."""
     image: str = "mcpx-sandbox:latest"

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import secrets
 import shutil
 import time
@@ -27,7 +28,7 @@ from controller import discovery, shaping, stubgen
 from controller.audit import AuditLog
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
 from controller.catalog import Catalog, CatalogSnapshot
-from controller.config import Limits, Settings
+from controller.config import REPLICA_NAME, Limits, Settings
 from controller.errors import (
     BridgeClosed,
     BridgeTimeout,
@@ -54,6 +55,7 @@ from controller.workspaces import Workspaces
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "bridge.sock"
+SESSION_ID = re.compile(f"({REPLICA_NAME})\\.[0-9a-f]{{16}}")
 OUTPUTS = ".mcpx/outputs"  # in the workspace: the full text of output that shaping cut
 TOOL_ERROR = -32010
 INLINE_COUNT_BYTES = 64 * 1024
@@ -161,6 +163,12 @@ def failure(kind: Literal["timeout", "oom", "crash"], message: str, started: flo
         duration_ms=round((time.monotonic() - started) * 1000, 3),
         state_reset=True,
     )
+
+
+def owner_of(session_id: str) -> str | None:
+    """The replica a session id names as its owner (ids are `<replica>.<16 hex digits>`); None when malformed."""
+    match = SESSION_ID.fullmatch(session_id)
+    return match.group(1) if match else None
 
 
 def idle_expired(now: float, last_used: float, ttl_s: float) -> bool:
@@ -365,7 +373,7 @@ class SessionManager:
 
     async def _start(self, runtime: str, limits: Limits, servers: frozenset[str] | None, tools_dir: Path) -> Session:
         """A new session's sandbox, started and connected, not yet anyone's."""
-        session_id = secrets.token_hex(8)
+        session_id = f"{self.settings.controller_id}.{secrets.token_hex(8)}"
         directory = self.sessions_dir / session_id
         bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
         session = Session(
