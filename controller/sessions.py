@@ -373,8 +373,10 @@ class SessionManager:
 
     async def _start(self, runtime: str, limits: Limits, servers: frozenset[str] | None, tools_dir: Path) -> Session:
         """A new session's sandbox, started and connected, not yet anyone's."""
-        session_id = f"{self.settings.controller_id}.{secrets.token_hex(8)}"
-        directory = self.sessions_dir / session_id
+        token = secrets.token_hex(8)
+        session_id = f"{self.settings.controller_id}.{token}"
+        # Named by the token alone: the socket's path must stay within the 108 bytes a Unix socket address holds.
+        directory = self.sessions_dir / token
         bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
         session = Session(
             session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir, self.settings.policy
