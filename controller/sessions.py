@@ -171,6 +171,12 @@ def owner_of(session_id: str) -> str | None:
     return match.group(1) if match else None
 
 
+def session_directory(sessions_dir: Path, session_id: str) -> Path:
+    """A session's host directory, named without its replica: the socket's path must fit the 108 bytes of a Unix
+    socket address."""
+    return sessions_dir / session_id.rpartition(".")[2]
+
+
 def idle_expired(now: float, last_used: float, ttl_s: float) -> bool:
     return now - last_used >= ttl_s
 
@@ -373,10 +379,8 @@ class SessionManager:
 
     async def _start(self, runtime: str, limits: Limits, servers: frozenset[str] | None, tools_dir: Path) -> Session:
         """A new session's sandbox, started and connected, not yet anyone's."""
-        token = secrets.token_hex(8)
-        session_id = f"{self.settings.controller_id}.{token}"
-        # Named by the token alone: the socket's path must stay within the 108 bytes a Unix socket address holds.
-        directory = self.sessions_dir / token
+        session_id = f"{self.settings.controller_id}.{secrets.token_hex(8)}"
+        directory = session_directory(self.sessions_dir, session_id)
         bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
         session = Session(
             session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir, self.settings.policy

@@ -14,6 +14,7 @@ from inline_snapshot import snapshot
 
 from controller.errors import GVisorRequired, RuntimeUnavailable
 from controller.runtime import SandboxSpec, choose_runtime, container_kwargs, hardening_violations
+from controller.sessions import session_directory
 from tests.conftest import SessionFactory
 
 
@@ -124,7 +125,7 @@ def test_a_container_missing_any_hardening_flag_is_refused(
 ):
     session = new_session(runtime="runc")
     attrs = live_attrs(docker_client, session)
-    directory = settings.state_dir / "sessions" / session
+    directory = session_directory(settings.state_dir / "sessions", session)
     live_spec = spec(
         "runc",
         session_id=session,

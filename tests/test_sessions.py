@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from controller.config import Settings
+from controller.sessions import session_directory
 from tests.conftest import IMAGE, LiveServer, SessionFactory, execute, free_port, make_settings, wait_until
 
 
@@ -56,10 +57,11 @@ def test_delete_removes_the_container_and_the_socket_dir(
 ):
     session = api.post("/v1/sessions").json()["id"]
     assert len(containers_of(docker_client, f"mcpx.session={session}")) == 1
-    assert (settings.state_dir / "sessions" / session / "socket" / "bridge.sock").exists()
+    directory = session_directory(settings.state_dir / "sessions", session)
+    assert (directory / "socket" / "bridge.sock").exists()
     assert api.delete(f"/v1/sessions/{session}").status_code == 204
     assert containers_of(docker_client, f"mcpx.session={session}") == []
-    assert not (settings.state_dir / "sessions" / session).exists()
+    assert not directory.exists()
     assert api.get(f"/v1/sessions/{session}").status_code == 404
 
 
