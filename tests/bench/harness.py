@@ -84,8 +84,8 @@ def controller(temp: Path, name: str, image: str, **settings: Any) -> Iterator[s
 @contextmanager
 def served_controller(temp: Path, controller_id: str, image: str, environ: dict[str, str]) -> Iterator[tuple[str, int]]:
     """`mcpx serve` as its own process (so its memory is its own), configured by MCPX_* `environ`; yields its URL
-    and pid once /readyz answers 200. Leaving it stops it with SIGTERM (it deletes its sessions) and removes any
-    container still labelled as its own.
+    and pid once /readyz answers 200. Leaving it stops it with SIGTERM, on which it deletes its sessions: what it
+    leaves is for the caller to check (`labelled`) and remove.
 
     Raises: RuntimeError (it did not become ready).
     """
@@ -110,7 +110,6 @@ def served_controller(temp: Path, controller_id: str, image: str, environ: dict[
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        remove_labelled(f"{LABEL}={controller_id}")
 
 
 def ready(url: str) -> bool:
