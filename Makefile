@@ -11,12 +11,13 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 OVERLAY ?= dev
+RUNTIME ?= runsc
 # Third-party MCP servers the tests talk to, each in its own environment.
 SERVERS := .servers
 TIME_SERVER := $(SERVERS)/time/bin/mcp-server-time
 EVERYTHING_SERVER := $(SERVERS)/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
 
-.PHONY: help setup venv host image test-servers run test test-security bench bench-tokens lint k8s-validate deploy clean
+.PHONY: help setup venv host image test-servers run test test-security bench bench-tokens bench-load lint k8s-validate deploy clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +66,9 @@ bench: setup test-servers ## Latency benchmarks beside their baselines: tables o
 
 bench-tokens: setup test-servers ## Token economy: direct tool calling against mcpx, real scenarios, JSON in .bench/
 	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/tokens.py --out .bench/tokens.json
+
+bench-load: setup ## Load: 50 sessions x 20 tool-calling executions at once (RUNTIME=runc for runc), JSON in .bench/
+	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/load.py --runtime $(RUNTIME) --out .bench/load.json
 
 lint: venv ## ruff and strict mypy
 	$(BIN)/ruff check controller sandbox-image/mcpx_runtime tests k8s

@@ -30,8 +30,10 @@ from controller.config import Limits, Settings, secrets_of
 from controller.endpoint import mcp_endpoint
 from controller.errors import (
     ConfigError,
+    ForwardingLoop,
     GVisorRequired,
     MCPXError,
+    ReplicaUnavailable,
     RuntimeUnavailable,
     SandboxError,
     SessionLimitReached,
@@ -41,6 +43,7 @@ from controller.errors import (
     WorkspaceError,
 )
 from controller.policy import Policy
+from controller.replicas import Forwarder, Replicas
 from controller.runtime import DockerBackend, SandboxBackend
 from controller.sessions import ExecutionResult, Session, SessionManager, TokenReport
 from controller.shaping import Strategy, Tokens
@@ -200,6 +203,8 @@ ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (UnknownServers, 422, "unknown_servers"),
     (GVisorRequired, 503, "gvisor_required"),
     (RuntimeUnavailable, 503, "runtime_unavailable"),
+    (ReplicaUnavailable, 503, "replica_unavailable"),
+    (ForwardingLoop, 502, "forwarding_loop"),
     (SandboxError, 502, "sandbox_failed"),
 ]
 
@@ -312,9 +317,12 @@ def create_app(
         audit,
         telemetry,
     )
-    mcp_app, mcp_lifespan = mcp_endpoint(
-        manager, tenants, lambda request: bearer_tenant(tenants, request.headers.get("authorization"))
-    )
+    replicas = Replicas(settings)
+
+    def tenant_of(request: Request) -> str | None:
+        return bearer_tenant(tenants, request.headers.get("authorization"))
+
+    mcp_app, mcp_lifespan = mcp_endpoint(manager, tenants, tenant_of, replicas)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -327,6 +335,7 @@ def create_app(
             finally:
                 await manager.close()
         finally:
+            await replicas.aclose()
             await catalog.close()
             audit.close()
             telemetry.shutdown()
@@ -334,7 +343,11 @@ def create_app(
     app = FastAPI(title="mcpx", version="0.1.0", lifespan=lifespan)
     app.state.manager = manager
     app.state.tenants = tenants
-    app.add_middleware(TracingMiddleware, telemetry=telemetry)
+    # Requests for another replica's session go to that replica before any route sees them (see replicas.py).
+    app.add_middleware(
+        Forwarder, replicas=replicas, authenticated=lambda request: tenant_of(request) is not None, problem=problem
+    )
+    app.add_middleware(TracingMiddleware, telemetry=telemetry)  # the outermost: forwarded requests are traced too
     # A route, not a mount: a mount would redirect /mcp to /mcp/, which not every MCP client follows.
     app.router.routes.append(Route("/mcp", mcp_app, methods=["GET", "POST", "DELETE"]))
     error_responses: dict[int | str, dict[str, object]] = {

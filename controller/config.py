@@ -19,6 +19,9 @@ from controller.policy import Policy
 from controller.tenants import TenantConfig
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A replica's name: a DNS label short enough that `<name>.<16 hex>` session ids fit in 63-character label values.
+REPLICA_NAME = r"[a-z0-9][a-z0-9-]{0,30}"
+ReplicaName = Annotated[str, Field(pattern=f"^{REPLICA_NAME}$")]
 
 
 class StdioServer(BaseModel):
@@ -153,8 +156,18 @@ class Settings(BaseSettings):
     """Address the HTTP API binds to."""
     port: int = 8080
     """Port of the HTTP API."""
-    controller_id: str = Field(default="mcpx", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
-    """Name written into every sandbox's `mcpx.controller` label; containers with it are this controller's."""
+    controller_id: ReplicaName = "mcpx"
+    """This replica's name: in every sandbox's `mcpx.controller` label (containers with it are this controller's, and
+    only those are reaped) and in every session id it makes (`<name>.<16 hex digits>`). Unique per replica: in a
+    StatefulSet, the pod's name."""
+    peers: dict[ReplicaName, Annotated[str, Field(pattern=r"^https?://[^/?#{}]+/?$")]] = Field(default_factory=dict)
+    """Other replicas by name, as JSON: `{"mcpx-1": "http://10.0.0.7:8080"}`; requests for their sessions are
+    forwarded to them."""
+    peer_url: str | None = Field(default=None, pattern=r"^https?://[^/?#{}]*\{replica\}[^/?#{}]*/?$")
+    """URL of a sibling replica, `{replica}` standing for its name, e.g. `http://{replica}.mcpx-replicas:8080` (a
+    StatefulSet's headless Service). Siblings are the replicas named `<stem>-<ordinal>` with this one's stem."""
+    forward_connect_timeout_s: float = Field(default=2.0, gt=0)
+    """How long a request for another replica's session may wait to connect to it before failing with 503."""
     state_dir: Path = Path("/var/lib/mcpx")
     """Where session sockets and workspaces live on the host."""
     image: str = "mcpx-sandbox:latest"
@@ -196,7 +209,15 @@ class Settings(BaseSettings):
     warm_pool_size: int = Field(default=2, ge=0)
     """Sandboxes kept started for sessions of the default profile, so creating one is a claim, not a boot."""
     reap_interval_s: float = 5.0
-    """How often idle sessions are looked for."""
+    """How often idle and expired sessions are looked for."""
+    max_age_s: float = Field(default=86400.0, gt=0)
+    """Lifetime of a sandbox from its start, however busy; the sandbox also ends itself then, controller or not."""
+    reconnect_s: float = Field(default=30.0, gt=0)
+    """How long a sandbox that lost its controller waits for it to come back (and re-adopt it) before it exits."""
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """At shutdown, how long running executions may take to finish before their sandboxes go."""
+    handover: bool = False
+    """At shutdown, leave the sessions' sandboxes running for the next start of this controller to re-adopt."""
     max_output_tokens: int = Field(default=4000, ge=16)
     """Default token budget of an execution's response (stdout, stderr, result and traceback together)."""
     output_strategy: Literal["truncate", "summarize", "sample"] = "truncate"

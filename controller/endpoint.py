@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import quote
 
 import anyio.to_thread
 from mcp.server import MCPServer
@@ -29,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from controller import discovery, shaping, stubgen
 from controller.catalog import CatalogSnapshot
 from controller.errors import MCPXError, SessionNotFound
+from controller.replicas import Replicas
 from controller.runtime import WORKSPACE_MOUNT
 from controller.sessions import Session, SessionManager
 from controller.tenants import Tenants
@@ -74,13 +76,23 @@ def workspace_relative(path: str) -> str:
     return path[len(prefix) :] if path.startswith(prefix) else path
 
 
-class Tenancy:
-    """Who is calling and what they may use: the HTTP API's tenant rules (`Tenants`), applied to MCP calls."""
+def problem_detail(body: bytes) -> str:
+    """The `detail` of an error answer of the HTTP API, or its start when it is not one."""
+    try:
+        return str(json.loads(body)["detail"])
+    except (ValueError, KeyError, TypeError):
+        return body[:500].decode(errors="replace")
 
-    def __init__(self, manager: SessionManager, tenants: Tenants, tenant_of: TenantOf) -> None:
+
+class Tenancy:
+    """Who is calling and what they may use: the HTTP API's tenant rules (`Tenants`), applied to MCP calls; calls
+    for another replica's session are answered by that replica's HTTP API, as the caller."""
+
+    def __init__(self, manager: SessionManager, tenants: Tenants, tenant_of: TenantOf, replicas: Replicas) -> None:
         self.manager = manager
         self.tenants = tenants
         self.tenant_of = tenant_of
+        self.replicas = replicas
 
     def caller(self, ctx: Context) -> str:
         """The tenant of the HTTP request carrying this call. Raises: ToolError (none; the app refuses those)."""
@@ -89,6 +101,23 @@ class Tenancy:
         if tenant is None:
             raise ToolError(UNAUTHORIZED)
         return tenant
+
+    async def on_owner(
+        self, ctx: Context, session_id: str, method: str, suffix: str, content: bytes = b""
+    ) -> bytes | None:
+        """The body of the owner's answer when another replica owns the session; None when this one does.
+
+        Raises:
+            ToolError: the owner refused the request, or could not be reached.
+        """
+        self.caller(ctx)  # never forward an unauthenticated call
+        request = ctx.request_context.request
+        authorization = request.headers.get("authorization") if isinstance(request, Request) else None
+        with as_tool_errors():
+            answer = await self.replicas.call(session_id, method, suffix, authorization, content)
+        if answer is not None and answer.status >= 400:
+            raise ToolError(problem_detail(answer.body))
+        return answer.body if answer is not None else None
 
     def catalog(self, tenant: str) -> CatalogSnapshot:
         return self.tenants.view(tenant, self.manager.catalog.snapshot)
@@ -107,10 +136,10 @@ class Tenancy:
         return await self.manager.create(tenant, settings.defaults, None, asked, policy, max_sessions)
 
 
-def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf) -> MCPServer:
+def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf, replicas: Replicas) -> MCPServer:
     """The MCP server and its tools; `mcp_endpoint` serves it over streamable HTTP."""
     settings = manager.settings
-    tenancy = Tenancy(manager, tenants, tenant_of)
+    tenancy = Tenancy(manager, tenants, tenant_of, replicas)
     server = MCPServer("mcpx", instructions=INSTRUCTIONS, version="0.1.0")
     background: set[asyncio.Task[Any]] = set()
 
@@ -182,6 +211,12 @@ def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf) -
             raise ToolError(f"code is larger than {settings.max_code_bytes} bytes")
         if timeout_s is not None and timeout_s > settings.max_timeout_s:
             raise ToolError(f"timeout_s must be at most {settings.max_timeout_s}")
+        if session_id is not None:
+            request = {"code": code, "timeout_s": timeout_s, "max_output_tokens": max_output_tokens}
+            content = json.dumps({key: value for key, value in request.items() if value is not None}).encode()
+            answer = await tenancy.on_owner(ctx, session_id, "POST", "/executions", content)
+            if answer is not None:
+                return reply({"session_id": session_id, **json.loads(answer)})
         with as_tool_errors():
             session = await tenancy.create(tenant, None) if session_id is None else manager.get(session_id, tenant)
             execution = asyncio.ensure_future(manager.execute(session, code, timeout_s, None, max_output_tokens))
@@ -200,12 +235,16 @@ def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf) -
     async def read_file(session_id: SessionId, path: WorkspacePath, ctx: Context) -> CallToolResult:
         """Read a UTF-8 text file from a session's /workspace; a long one is cut to the output budget (the file
         keeps all of it, for code)."""
-        with as_tool_errors():
-            session = manager.get(session_id, tenancy.caller(ctx))
-            relative = workspace_relative(path)
-            data = await anyio.to_thread.run_sync(
-                manager.workspaces.read, session.workspace_dir, relative, settings.max_output_bytes
-            )
+        relative = workspace_relative(path)
+        data = await tenancy.on_owner(ctx, session_id, "GET", f"/files/{quote(relative)}")
+        if data is None:
+            with as_tool_errors():
+                session = manager.get(session_id, tenancy.caller(ctx))
+                data = await anyio.to_thread.run_sync(
+                    manager.workspaces.read, session.workspace_dir, relative, settings.max_output_bytes
+                )
+        elif len(data) > settings.max_output_bytes:
+            raise ToolError(f"{relative!r} is larger than {settings.max_output_bytes} bytes")
         try:
             text = data.decode()
         except UnicodeDecodeError:
@@ -219,19 +258,21 @@ def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf) -
     @tool()
     async def write_file(session_id: SessionId, path: WorkspacePath, content: str, ctx: Context) -> CallToolResult:
         """Write a UTF-8 text file into a session's /workspace (making its directories), for code to read."""
-        with as_tool_errors():
-            session = manager.get(session_id, tenancy.caller(ctx))
-            relative = workspace_relative(path)
-            data = content.encode()
-            await anyio.to_thread.run_sync(manager.workspaces.write, session.workspace_dir, relative, data)
+        relative = workspace_relative(path)
+        data = content.encode()
+        if await tenancy.on_owner(ctx, session_id, "PUT", f"/files/{quote(relative)}", data) is None:
+            with as_tool_errors():
+                session = manager.get(session_id, tenancy.caller(ctx))
+                await anyio.to_thread.run_sync(manager.workspaces.write, session.workspace_dir, relative, data)
         return reply({"path": f"{WORKSPACE_MOUNT}/{relative}", "bytes": len(data)})
 
     @tool()
     async def delete_session(session_id: SessionId, ctx: Context) -> CallToolResult:
         """Delete a session: its sandbox, variables and workspace are gone."""
-        with as_tool_errors():
-            manager.get(session_id, tenancy.caller(ctx))
-            await manager.delete(session_id)
+        if await tenancy.on_owner(ctx, session_id, "DELETE", "") is None:
+            with as_tool_errors():
+                manager.get(session_id, tenancy.caller(ctx))
+                await manager.delete(session_id)
         return reply({"deleted": session_id})
 
     return server
@@ -256,15 +297,18 @@ class Endpoint:
         await self.sessions.handle_request(scope, receive, send)
 
 
-def mcp_endpoint(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf) -> tuple[ASGIApp, Lifespan]:
+def mcp_endpoint(
+    manager: SessionManager, tenants: Tenants, tenant_of: TenantOf, replicas: Replicas
+) -> tuple[ASGIApp, Lifespan]:
     """The ASGI app serving mcpx's MCP tools, and the lifespan the host app must enter in its own (the SDK runs the
     requests in a task group it owns). Route the app at an exact path (`Route("/mcp", app)`): a `Mount` would not
     match `/mcp` itself.
 
     `tenant_of(request)` authenticates an HTTP request: its tenant, or None to refuse it. It is asked once for the
     request and again by every tool call; sessions belong to the tenant that made them, others' are not found.
+    Calls for another replica's session are made on that replica through `replicas`, with the caller's key.
     """
-    server = mcp_server(manager, tenants, tenant_of)
+    server = mcp_server(manager, tenants, tenant_of, replicas)
     # Builds the SDK's session manager (with its DNS-rebinding protection when the host is loopback); the Starlette
     # app it returns is not used, since the host app routes to `Endpoint` itself.
     server.streamable_http_app(host=manager.settings.host)

@@ -10,9 +10,12 @@ MCPXError
 ├── BridgeError                 the session socket failed
 │   ├── BridgeClosed            the sandbox side went away
 │   └── BridgeTimeout           no reply within the deadline
-└── SessionError
-    ├── SessionNotFound         unknown (or another tenant's) session id
-    └── SessionLimitReached     the controller runs its maximum number of sessions
+├── SessionError
+│   ├── SessionNotFound         unknown (or another tenant's) session id
+│   └── SessionLimitReached     the controller runs its maximum number of sessions
+└── ReplicaError                another replica owns the session and cannot serve it from here
+    ├── ReplicaUnavailable      the owner did not answer (gone, restarting, unreachable)
+    └── ForwardingLoop          a forwarded request reached a replica that does not own its session
 """
 
 from __future__ import annotations
@@ -105,3 +108,19 @@ class UnknownServers(SessionError):
     def __init__(self, names: list[str]) -> None:
         super().__init__(f"unknown servers: {', '.join(names)}")
         self.names = names
+
+
+class ReplicaError(MCPXError):
+    """A request for a session of another replica could not be served through that replica."""
+
+    def __init__(self, message: str, *, replica: str, session_id: str) -> None:
+        super().__init__(message)
+        self.replica, self.session_id = replica, session_id
+
+
+class ReplicaUnavailable(ReplicaError):
+    """The replica owning the session did not answer; its sessions are unusable until it is back."""
+
+
+class ForwardingLoop(ReplicaError):
+    """A request already forwarded once reached a replica that does not own its session (peers misconfigured)."""

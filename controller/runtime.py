@@ -31,6 +31,7 @@ GVISOR_PIDS_BACKSTOP = 4096
 LABEL_SESSION = "mcpx.session"
 LABEL_CONTROLLER = "mcpx.controller"
 LABEL_CREATED = "mcpx.created"
+LABEL_EXPIRES = "mcpx.expires"  # Unix time: any reaper may remove the sandbox after it
 
 T = TypeVar("T")
 
@@ -50,6 +51,7 @@ class SandboxSpec:
     socket_dir: Path
     workspace_dir: Path
     created: datetime
+    expires: float = 0.0
     tools_dir: Path | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
 
@@ -63,6 +65,7 @@ class SandboxSpec:
             LABEL_SESSION: self.session_id,
             LABEL_CONTROLLER: self.controller_id,
             LABEL_CREATED: self.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            LABEL_EXPIRES: str(int(self.expires)),
         }
 
     @property
@@ -72,6 +75,16 @@ class SandboxSpec:
         if self.tools_dir is not None:
             binds[TOOLS_MOUNT] = (str(self.tools_dir), True)
         return binds
+
+
+@dataclass(frozen=True)
+class OwnedSandbox:
+    """A sandbox container of this controller, as the engine lists it."""
+
+    container_id: str
+    session_id: str
+    running: bool
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,7 @@ class SandboxBackend(Protocol):
 
     async def remove(self, container_id: str) -> None: ...
 
-    async def remove_owned(self, controller_id: str) -> list[str]: ...
+    async def owned(self, controller_id: str) -> list[OwnedSandbox]: ...
 
     async def ready(self, image: str) -> bool: ...
 
@@ -252,16 +265,21 @@ class DockerBackend:
                 return  # removal already in progress
             raise SandboxError(f"cannot remove sandbox {container_id}: {exc}") from exc
 
-    async def remove_owned(self, controller_id: str) -> list[str]:
-        """Remove every sandbox labelled as this controller's (left over from an earlier run)."""
+    async def owned(self, controller_id: str) -> list[OwnedSandbox]:
+        """Every sandbox labelled as this controller's, running or not."""
         client = await self.client()
         found = await self._call(
-            client.api.containers, all=True, quiet=True, filters={"label": f"{LABEL_CONTROLLER}={controller_id}"}
+            client.api.containers, all=True, filters={"label": f"{LABEL_CONTROLLER}={controller_id}"}
         )
-        ids = [entry["Id"] for entry in found]
-        for container_id in ids:
-            await self.remove(container_id)
-        return ids
+        return [
+            OwnedSandbox(
+                container_id=entry["Id"],
+                session_id=(entry.get("Labels") or {}).get(LABEL_SESSION, ""),
+                running=entry.get("State") == "running",
+                expires=float((entry.get("Labels") or {}).get(LABEL_EXPIRES) or 0),
+            )
+            for entry in found
+        ]
 
 
 def choose_runtime(available: set[str], requested: str | None, require_gvisor: bool) -> str:

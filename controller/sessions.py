@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import secrets
 import shutil
 import time
@@ -28,7 +29,7 @@ from controller.anomalies import Anomaly, Detector
 from controller.audit import AuditLog
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
 from controller.catalog import Catalog, CatalogSnapshot, ToolOutcome
-from controller.config import Limits, Settings
+from controller.config import REPLICA_NAME, Limits, Settings
 from controller.errors import (
     BridgeClosed,
     BridgeTimeout,
@@ -41,6 +42,7 @@ from controller.errors import (
     WorkspaceError,
 )
 from controller.policy import Policy, PolicyRefusal, check_call, denied_imports, redact
+from controller.recovery import SessionRecord, read_record, write_record
 from controller.runtime import (
     SANDBOX_USER,
     SOCKET_MOUNT,
@@ -56,6 +58,7 @@ from controller.workspaces import Workspaces
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "bridge.sock"
+SESSION_ID = re.compile(f"({REPLICA_NAME})\\.[0-9a-f]{{16}}")
 OUTPUTS = ".mcpx/outputs"  # in the workspace: the full text of output that shaping cut
 TOOL_ERROR = -32010
 INLINE_COUNT_BYTES = 64 * 1024
@@ -165,6 +168,18 @@ def failure(kind: Literal["timeout", "oom", "crash"], message: str, started: flo
     )
 
 
+def owner_of(session_id: str) -> str | None:
+    """The replica a session id names as its owner (ids are `<replica>.<16 hex digits>`); None when malformed."""
+    match = SESSION_ID.fullmatch(session_id)
+    return match.group(1) if match else None
+
+
+def session_directory(sessions_dir: Path, session_id: str) -> Path:
+    """A session's host directory, named without its replica: the socket's path must fit the 108 bytes of a Unix
+    socket address."""
+    return sessions_dir / session_id.rpartition(".")[2]
+
+
 def idle_expired(now: float, last_used: float, ttl_s: float) -> bool:
     return now - last_used >= ttl_s
 
@@ -198,6 +213,7 @@ class Session:
     calls_in_flight: int = 0
     calls_started: int = 0
     result_bytes: int = 0
+    expires_at: float = 0.0  # Unix time: the end of the sandbox's max age
 
     @property
     def socket_dir(self) -> Path:
@@ -272,32 +288,88 @@ class SessionManager:
         return tree
 
     async def start(self) -> None:
-        """Remove what an earlier run of this controller left behind, pick the runtime, start the reaper."""
-        removed = await self.backend.remove_owned(self.settings.controller_id)
-        if removed:
-            logger.info("removed %d sandboxes left by an earlier run", len(removed))
-        if self.sessions_dir.exists():
-            await self.workspaces.remove_all(self.sessions_dir)
-            shutil.rmtree(self.sessions_dir, ignore_errors=True)
-        shutil.rmtree(self.stubs_dir, ignore_errors=True)
+        """Re-adopt the live sessions an earlier run of this controller left, reap everything else it left, pick
+        the runtime, start the reaper and the pool."""
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.chmod(0o711)
         self.stubs_dir.mkdir(mode=0o755, exist_ok=True)
         self.runtimes = await self.backend.runtimes()
         self.runtime = choose_runtime(self.runtimes, self.settings.runtime, self.settings.require_gvisor)
+        await self._recover()
         self._reaper = asyncio.create_task(self._reap_forever())
         if self.settings.warm_pool_size:
             self.catalog.listeners.append(lambda _snapshot: self._refill.set())
             self._filler = asyncio.create_task(self._fill_pool())
             self._refill.set()
 
+    async def _recover(self) -> None:
+        """Every sandbox labelled as this controller's ends up re-adopted (its session usable again, its state
+        intact) or removed, with its workspace; nothing is left unaccounted for."""
+        owned = {sandbox.session_id: sandbox for sandbox in await self.backend.owned(self.settings.controller_id)}
+        now = time.time()
+        for directory in sorted(self.sessions_dir.iterdir()):
+            record = read_record(directory)
+            sandbox = owned.get(record.id) if record is not None else None
+            if (
+                record is not None
+                and sandbox is not None
+                and sandbox.running
+                and sandbox.container_id == record.container_id
+                and now < record.expires_at
+                and directory == session_directory(self.sessions_dir, record.id)
+                and await self._adopt(record)
+            ):
+                del owned[record.id]
+        for sandbox in owned.values():
+            await self.backend.remove(sandbox.container_id)
+        adopted = {session.directory for session in self.sessions.values()}
+        for directory in self.sessions_dir.iterdir():
+            if directory not in adopted:
+                await self.workspaces.remove_all(directory)
+                shutil.rmtree(directory, ignore_errors=True)
+        in_use = {session.tools_dir for session in self.sessions.values()}
+        for tree in self.stubs_dir.iterdir():
+            if tree not in in_use:
+                shutil.rmtree(tree, ignore_errors=True)
+        if owned or self.sessions:
+            logger.info("re-adopted %d sessions, removed %d sandboxes", len(self.sessions), len(owned))
+
+    async def _adopt(self, record: SessionRecord) -> bool:
+        """Listen on the session's socket again and wait for its sandbox to reconnect."""
+        servers = frozenset(record.servers) if record.servers is not None else None
+        session = self._session(record.id, record.limits, record.runtime, servers, record.tools_dir, record.policy)
+        session.tenant, session.created_at, session.expires_at = record.tenant, record.created_at, record.expires_at
+        session.container_id = record.container_id
+        session.executions, session.restarts = record.executions, record.restarts
+        await session.bridge.start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(self.settings.start_timeout_s, self.settings.reconnect_s)):
+                await session.bridge.connected.wait()
+        if not session.bridge.is_connected:
+            await session.bridge.close()
+            return False
+        self.sessions[session.id] = session
+        self.audit.record("session.adopted", session=session.id, tenant=session.tenant, runtime=session.runtime)
+        return True
+
     async def close(self) -> None:
+        """Let running executions finish (up to `drain_timeout_s`), then remove every sandbox, or leave the
+        sessions' sandboxes to the next start under `handover`."""
         for task in (self._reaper, self._filler):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        busy = [session.lock.acquire() for session in self.sessions.values() if session.busy]
+        if busy:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_timeout_s):
+                    await asyncio.gather(*busy)
         pooled, self.pool = self.pool, []
+        if self.settings.handover:
+            for session in self.sessions.values():
+                await session.bridge.close()
+            self.sessions.clear()
         await asyncio.gather(
             *(self.delete(session_id, "shutdown") for session_id in list(self.sessions)),
             *(self._destroy(session) for session in pooled),
@@ -371,6 +443,7 @@ class SessionManager:
         session.created_at = datetime.now(UTC)
         session.last_used = time.monotonic()
         self.sessions[session.id] = session
+        self._persist(session)
         self.audit.record(
             "session.created", session=session.id, tenant=tenant, runtime=runtime, warm=session.warm,
             servers=sorted(servers) if servers else None, limits=limits.model_dump(),
@@ -380,25 +453,48 @@ class SessionManager:
 
     async def _start(self, runtime: str, limits: Limits, servers: frozenset[str] | None, tools_dir: Path) -> Session:
         """A new session's sandbox, started and connected, not yet anyone's."""
-        session_id = secrets.token_hex(8)
-        directory = self.sessions_dir / session_id
-        bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
-        session = Session(
-            session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir, self.settings.policy
-        )
-        bridge.on_notification = session.on_notification
-        bridge.on_violation = functools.partial(self._on_violation, session)
-        bridge.on_request = functools.partial(self._on_sandbox_request, session)
+        session_id = f"{self.settings.controller_id}.{secrets.token_hex(8)}"
+        session = self._session(session_id, limits, runtime, servers, tools_dir, self.settings.policy)
+        session.expires_at = time.time() + self.settings.max_age_s
         try:
             session.directory.mkdir(mode=0o711)
             session.socket_dir.mkdir(mode=0o755)
             await self.workspaces.create(session.workspace_dir)
-            await bridge.start()
+            await session.bridge.start()
             await self._boot(session)
         except BaseException:
             await self._destroy(session)
             raise
         return session
+
+    def _session(
+        self,
+        session_id: str,
+        limits: Limits,
+        runtime: str,
+        servers: frozenset[str] | None,
+        tools_dir: Path,
+        policy: Policy,
+    ) -> Session:
+        """A session object wired to its bridge; nothing started yet."""
+        directory = session_directory(self.sessions_dir, session_id)
+        bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
+        session = Session(session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir, policy)
+        bridge.on_notification = session.on_notification
+        bridge.on_violation = functools.partial(self._on_violation, session)
+        bridge.on_request = functools.partial(self._on_sandbox_request, session)
+        return session
+
+    def _persist(self, session: Session) -> None:
+        """Record a claimed session for the next start of this controller (see recovery.py)."""
+        assert session.container_id is not None
+        record = SessionRecord(
+            id=session.id, tenant=session.tenant, limits=session.limits, runtime=session.runtime,
+            servers=sorted(session.servers) if session.servers is not None else None, policy=session.policy,
+            created_at=session.created_at, expires_at=session.expires_at, container_id=session.container_id,
+            tools_dir=session.tools_dir, executions=session.executions, restarts=session.restarts,
+        )  # fmt: skip
+        write_record(session.directory, record)
 
     def _claim(self, runtime: str, limits: Limits, servers: frozenset[str] | None, tools_dir: Path) -> Session | None:
         """A warm sandbox of exactly this profile, if the pool has one (it refills in the background)."""
@@ -616,6 +712,7 @@ class SessionManager:
             await self.backend.remove(session.container_id)
             session.container_id = None
         await self._boot(session)
+        self._persist(session)
 
     async def _boot(self, session: Session) -> None:
         """Start a container for the session and wait until its runtime connects to the socket."""
@@ -632,7 +729,8 @@ class SessionManager:
             workspace_dir=session.workspace_dir,
             tools_dir=session.tools_dir,
             created=session.created_at,
-            environment=self._runtime_environment(),
+            expires=session.expires_at,
+            environment={**self._runtime_environment(), "MCPX_EXPIRES_AT": str(session.expires_at)},
         )
         session.container_id = await self.backend.start(spec)
         deadline = time.monotonic() + self.settings.start_timeout_s
@@ -780,17 +878,28 @@ class SessionManager:
             # JSON may escape one byte as six (\u0001): stdout and stderr at their cap must still fit in a frame.
             "MCPX_MAX_OUTPUT": str(min(self.settings.max_output_bytes, self.settings.max_frame_bytes // 14)),
             "MCPX_KILL_GRACE_S": str(self.settings.kill_grace_s),
+            "MCPX_RECONNECT_S": str(self.settings.reconnect_s),
         }
 
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reap_interval_s)
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
+            expired = [session for session in self.pool if wall >= session.expires_at]
+            if expired:
+                self.pool = [session for session in self.pool if session not in expired]
+                await asyncio.gather(*(self._destroy(session) for session in expired))
+                self._refill.set()
             for session in list(self.sessions.values()):
-                if not session.busy and idle_expired(now, session.last_used, session.limits.ttl_s):
-                    logger.info("session %s idle for %.0f s: deleting", session.id, now - session.last_used)
+                reason = None
+                if wall >= session.expires_at:
+                    reason = "max_age"  # busy or not: its sandbox ends itself now anyway
+                elif not session.busy and idle_expired(now, session.last_used, session.limits.ttl_s):
+                    reason = "idle"
+                if reason is not None:
+                    logger.info("session %s reached its %s limit: deleting", session.id, reason)
                     try:
-                        await self.delete(session.id, "idle")
+                        await self.delete(session.id, reason)
                     except SessionNotFound:
                         pass
                     except MCPXError:

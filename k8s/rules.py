@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller.config import Settings, parse_servers, reference
+from controller.config import REPLICA_NAME, Settings, parse_servers, reference
 from controller.errors import ConfigError
 
 Obj = dict[str, Any]
@@ -127,7 +127,7 @@ def check(objects: list[Obj]) -> tuple[list[str], list[str]]:
         problems += [f"{where}: {p}" for p in found]
         notes += expected
         if any(c["name"] == CONTROLLER for c in pod.get("containers") or []):
-            problems += [f"{where}: {p}" for p in check_mcpx_pod(pod, objects)]
+            problems += [f"{where}: {p}" for p in check_mcpx_pod(obj, objects)]
     problems += check_services(objects)
     if not any(obj["kind"] == "NetworkPolicy" and is_default_deny(obj) for obj in objects):
         problems.append("no default-deny NetworkPolicy (podSelector {}, Ingress and Egress)")
@@ -277,8 +277,9 @@ def check_services(objects: list[Obj]) -> list[str]:
 # --- the mcpx pod --------------------------------------------------------------------------------------------
 
 
-def check_mcpx_pod(pod: Obj, objects: list[Obj]) -> list[str]:
+def check_mcpx_pod(workload: Obj, objects: list[Obj]) -> list[str]:
     """The controller's settings and the pod layout they depend on."""
+    pod = pod_of(workload) or {}
     containers = {c["name"]: c for c in all_containers(pod)}
     controller, engine = containers[CONTROLLER], containers.get(ENGINE)
     if engine is None or engine.get("restartPolicy") != "Always":
@@ -300,6 +301,7 @@ def check_mcpx_pod(pod: Obj, objects: list[Obj]) -> list[str]:
     problems += check_budget(engine, settings)
     problems += check_order(pod, settings)
     problems += check_servers(pod, controller, settings, environ, unknown_keys, objects)
+    problems += check_replicas(workload, controller, settings, objects)
     problem = image_problem(settings.image)
     if problem:
         problems.append(f"MCPX_IMAGE: {problem}")
@@ -324,10 +326,12 @@ def env_sources(container: Obj, objects: list[Obj]) -> Iterator[tuple[str, str |
                 for name in (found or {}).get("stringData") or {}:
                     yield name, "<secret>", False
     for variable in container.get("env") or []:
+        reference = variable.get("valueFrom") or {}
         if "value" in variable:
             yield variable["name"], variable["value"], True
+        elif "fieldRef" in reference or "resourceFieldRef" in reference:
+            yield variable["name"], None, False  # the pod's own: known only once it runs
         else:
-            reference = variable.get("valueFrom") or {}
             ref = reference.get("configMapKeyRef")
             found = find(objects, "ConfigMap", ref["name"]) if ref else None
             value = ((found or {}).get("data") or {}).get(ref["key"]) if ref else "<secret>"
@@ -462,6 +466,34 @@ def check_order(pod: Obj, settings: Settings) -> list[str]:
             problems.append(f"init container {container['name']} prepares the engine but runs after it")
         if position < index and served and served["name"] in {m["name"] for m in mounts}:
             problems.append(f"init container {container['name']} uses the engine but runs before it")
+    return problems
+
+
+def check_replicas(workload: Obj, controller: Obj, settings: Settings, objects: list[Obj]) -> list[str]:
+    """Replicas forward requests for each other's sessions: each has its own name (its pod's, which session ids
+    carry), reaches its siblings through the StatefulSet's headless Service, and the NetworkPolicies let it."""
+    if workload["kind"] != "StatefulSet":
+        return [f"the controller must run as a StatefulSet (stable replica names), not a {workload['kind']}"]
+    name, service = workload["metadata"]["name"], workload["spec"].get("serviceName", "")
+    problems = []
+    named: Obj = next((e for e in controller.get("env") or [] if e["name"] == "MCPX_CONTROLLER_ID"), {})
+    if ((named.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") != "metadata.name":
+        problems.append("MCPX_CONTROLLER_ID must be the pod's name (fieldRef metadata.name): one name per replica")
+    if not re.fullmatch(REPLICA_NAME, f"{name}-999"):
+        problems.append(f"the StatefulSet's name {name!r} makes pod names that are no replica name ({REPLICA_NAME})")
+    expected = f"http://{{replica}}.{service}:{settings.port}"
+    if settings.peer_url not in (expected, f"{expected}/"):
+        problems.append(f"MCPX_PEER_URL must be {expected} (the headless Service), not {settings.peer_url!r}")
+    labels = pod_labels(workload)
+    for direction, side in (("ingress", "from"), ("egress", "to")):
+        if not any(
+            selects(peer.get("podSelector"), labels) and "namespaceSelector" not in peer and "ipBlock" not in peer
+            for policy in objects
+            if policy["kind"] == "NetworkPolicy" and selects(policy["spec"].get("podSelector"), labels)
+            for rule in policy["spec"].get(direction) or []
+            for peer in rule.get(side) or []
+        ):
+            problems.append(f"no NetworkPolicy allows {direction} between the replicas (they forward requests)")
     return problems
 
 

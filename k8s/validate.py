@@ -136,6 +136,17 @@ def swap_init(objects: list[Obj]) -> None:
     init[0], init[1] = init[1], init[0]
 
 
+def isolate_replicas(objects: list[Obj]) -> None:
+    """Drop every ingress rule that admits the controller's own pods."""
+    labels = rules.pod_labels(next(o for o in objects if o["kind"] == "StatefulSet"))
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        policy["spec"]["ingress"] = [
+            rule
+            for rule in policy["spec"].get("ingress") or []
+            if not any(rules.selects(peer.get("podSelector"), labels) for peer in rule.get("from") or [])
+        ]
+
+
 BREAKAGES: dict[str, Callable[[list[Obj]], object]] = {
     "engine without a liveness probe": lambda o: container(o, "engine").pop("livenessProbe"),
     "controller without memory limit": lambda o: container(o, "controller")["resources"]["limits"].pop("memory"),
@@ -154,6 +165,13 @@ BREAKAGES: dict[str, Callable[[list[Obj]], object]] = {
     "too many sessions for the engine": lambda o: settings_map(o)["data"].update(MCPX_MAX_SESSIONS="1000"),
     "a misspelt setting": lambda o: settings_map(o)["data"].update(MCPX_MAX_SESION="4"),
     "engine started before runsc is installed": swap_init,
+    "replicas sharing one name": lambda o: container(o, "controller").update(
+        env=[e for e in container(o, "controller")["env"] if e["name"] != "MCPX_CONTROLLER_ID"]
+    ),
+    "peers outside the headless Service": lambda o: next(
+        e for e in container(o, "controller")["env"] if e["name"] == "MCPX_PEER_URL"
+    ).update(value="http://{replica}.elsewhere:8080"),
+    "replicas unable to reach each other": isolate_replicas,
 }
 
 

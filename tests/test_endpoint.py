@@ -18,6 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
 from controller.config import Settings
+from controller.sessions import session_directory
 from controller.shaping import Tokens
 from tests.conftest import LiveServer, make_settings
 
@@ -212,7 +213,7 @@ async def test_paths_outside_the_workspace_are_refused(live: LiveEndpoint, path:
         await run(client, "import os\nos.symlink('/etc', '/workspace/link')", session_id=session_id)
         written = await call_failing(client, "write_file", session_id=session_id, path=path, content="owned")
         read = await call_failing(client, "read_file", session_id=session_id, path=path)
-        session_dir = live.settings.state_dir / "sessions" / session_id
+        session_dir = session_directory(live.settings.state_dir / "sessions", session_id)
         assert not (session_dir / "escape.txt").exists()
     assert any(refusal in written for refusal in REFUSALS), written
     assert any(refusal in read for refusal in REFUSALS) and "root:" not in read, read

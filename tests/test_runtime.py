@@ -14,6 +14,7 @@ from inline_snapshot import snapshot
 
 from controller.errors import GVisorRequired, RuntimeUnavailable
 from controller.runtime import SandboxSpec, choose_runtime, container_kwargs, hardening_violations
+from controller.sessions import session_directory
 from tests.conftest import SessionFactory
 
 
@@ -30,6 +31,7 @@ def spec(runtime: str = "runsc", **overrides: Any) -> SandboxSpec:
         "socket_dir": Path("/var/lib/mcpx/sessions/0123456789abcdef/socket"),
         "workspace_dir": Path("/var/lib/mcpx/sessions/0123456789abcdef/workspace"),
         "created": datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+        "expires": 1795003200.5,
         "environment": {"MCPX_SOCKET": "/run/mcpx/bridge.sock"},
     }
     return SandboxSpec(**{**values, **overrides})
@@ -45,6 +47,7 @@ def test_gvisor_container_arguments():
                 "mcpx.session": "0123456789abcdef",
                 "mcpx.controller": "mcpx",
                 "mcpx.created": "2026-11-25T12:00:00Z",
+                "mcpx.expires": "1795003200",
             },
             "runtime": "runsc",
             "network_mode": "none",
@@ -124,7 +127,7 @@ def test_a_container_missing_any_hardening_flag_is_refused(
 ):
     session = new_session(runtime="runc")
     attrs = live_attrs(docker_client, session)
-    directory = settings.state_dir / "sessions" / session
+    directory = session_directory(settings.state_dir / "sessions", session)
     live_spec = spec(
         "runc",
         session_id=session,

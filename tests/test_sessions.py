@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from controller.config import Settings
+from controller.sessions import session_directory
 from tests.conftest import IMAGE, LiveServer, SessionFactory, execute, free_port, make_settings, wait_until
 
 
@@ -56,10 +57,11 @@ def test_delete_removes_the_container_and_the_socket_dir(
 ):
     session = api.post("/v1/sessions").json()["id"]
     assert len(containers_of(docker_client, f"mcpx.session={session}")) == 1
-    assert (settings.state_dir / "sessions" / session / "socket" / "bridge.sock").exists()
+    directory = session_directory(settings.state_dir / "sessions", session)
+    assert (directory / "socket" / "bridge.sock").exists()
     assert api.delete(f"/v1/sessions/{session}").status_code == 204
     assert containers_of(docker_client, f"mcpx.session={session}") == []
-    assert not (settings.state_dir / "sessions" / session).exists()
+    assert not directory.exists()
     assert api.get(f"/v1/sessions/{session}").status_code == 404
 
 
@@ -109,13 +111,14 @@ def test_idle_session_is_deleted_after_its_ttl(
     wait_until(lambda: not containers_of(docker_client, f"mcpx.session={session}"), 15, "its sandbox to be removed")
 
 
-def serve(state_dir: Path, port: int, controller_id: str) -> subprocess.Popen[bytes]:
+def serve(state_dir: Path, port: int, controller_id: str, **settings: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "MCPX_STATE_DIR": str(state_dir),
         "MCPX_CONTROLLER_ID": controller_id,
         "MCPX_IMAGE": IMAGE,
         "MCPX_WARM_POOL_SIZE": "0",
+        **{f"MCPX_{name.upper()}": value for name, value in settings.items()},
     }
     command = [sys.executable, "-m", "controller.cli", "serve", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, env=env)
@@ -132,25 +135,90 @@ def serve(state_dir: Path, port: int, controller_id: str) -> subprocess.Popen[by
     return process
 
 
-def test_a_killed_controller_leaves_no_sandbox_behind_after_restart(tmp_path: Path, docker_client: docker.DockerClient):
+def test_a_killed_controller_readopts_live_sessions_and_reaps_everything_else(
+    tmp_path: Path, docker_client: docker.DockerClient
+):
     controller_id = f"restart{os.getpid()}"
     port = free_port()
     label = f"mcpx.controller={controller_id}"
-    first = serve(tmp_path, port, controller_id)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    first = serve(tmp_path, port, controller_id, warm_pool_size="1")
     try:
-        session = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", timeout=60).json()["id"]
+        kept, busy, dead = (api.post("/v1/sessions").json()["id"] for _ in range(3))
+        execute(api, kept, "state = 'kept'\nopen('/workspace/note.txt', 'w').write('in the workspace')")
+        wait_until(lambda: len(containers_of(docker_client, label)) == 4, 60, "the pool to refill")
+        claimed = {c for session in (kept, busy, dead) for c in containers_of(docker_client, session_label(session))}
+        pooled = set(containers_of(docker_client, label)) - claimed
+        in_flight = subprocess.Popen(  # an execution still running when the controller dies
+            [sys.executable, "-c", f"import httpx; httpx.post('{api.base_url}/v1/sessions/{busy}/executions', "
+             "json={'code': 'import time; time.sleep(2)'}, timeout=30)"],
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(lambda: api.get(f"/v1/sessions/{busy}").json()["state"] == "busy", 10, "the execution to start")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    assert len(containers_of(docker_client, label)) == 1, "the killed controller's sandbox should still exist"
-    second = serve(tmp_path, port, controller_id)
+    in_flight.wait(timeout=30)
+    assert len(containers_of(docker_client, label)) == 4, "the killed controller's sandboxes should still run"
+    (victim,) = containers_of(docker_client, session_label(dead))
+    docker_client.containers.get(victim).kill()  # this one dies while nobody watches
+
+    second = serve(tmp_path, port, controller_id, warm_pool_size="1")
     try:
-        assert containers_of(docker_client, label) == []
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/sessions/{session}").status_code == 404
+        assert execute(api, kept, "state, open('/workspace/note.txt').read()")["result"] == ["kept", "in the workspace"]
+        assert {"path": "note.txt", "size": 16} in api.get(f"/v1/sessions/{kept}/files").json()["files"]
+        call = "from servers.crm import get_record\nget_record(record_id='ACC-0001')['record']['id']"
+        reply = execute(api, kept, call)
+        assert reply["result"] == "ACC-0001", reply
+        assert execute(api, busy, "6 * 7")["result"] == 42
+        assert api.get(f"/v1/sessions/{dead}").status_code == 404
+        remaining = set(containers_of(docker_client, label))
+        assert not remaining & pooled, "the old pool's sandbox is reaped"
+        assert victim not in remaining
+        wait_until(lambda: len(containers_of(docker_client, label)) == 3, 60, "a fresh pool sandbox")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
+        api.close()
     assert containers_of(docker_client, label) == []
+
+
+def test_a_sandbox_ends_itself_when_its_controller_is_frozen_or_gone(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    controller_id = f"orphan{os.getpid()}"
+    port = free_port()
+
+    def running(session: str) -> bool:
+        found = docker_client.containers.list(filters={"label": session_label(session)})
+        return any(container.status == "running" for container in found)
+
+    try:
+        frozen = serve(tmp_path, port, controller_id, max_age_s="4", reconnect_s="1")
+        aged = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", timeout=60).json()["id"]
+        frozen.send_signal(signal.SIGSTOP)  # alive, connection open, reaper stuck: the max age still holds
+        wait_until(lambda: not running(aged), 20, "the sandbox past its max age to end itself")
+        frozen.send_signal(signal.SIGKILL)
+        frozen.wait()
+        gone = serve(tmp_path, port, controller_id, reconnect_s="1")
+        orphan = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", timeout=60).json()["id"]
+        gone.send_signal(signal.SIGKILL)
+        gone.wait()
+        assert running(orphan)
+        wait_until(lambda: not running(orphan), 15, "the orphaned sandbox to end itself")
+        last = serve(tmp_path, port, controller_id)  # reaps what the ended sandboxes left, workspaces included
+        for session in (aged, orphan):
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/sessions/{session}").status_code == 404
+        assert containers_of(docker_client, f"mcpx.controller={controller_id}") == []
+        last.send_signal(signal.SIGTERM)
+        last.wait(timeout=60)
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"label": f"mcpx.controller={controller_id}"}):
+            container.remove(force=True)
+
+
+def session_label(session_id: str) -> str:
+    return f"mcpx.session={session_id}"
 
 
 def test_a_warm_pool_turns_session_creation_into_a_claim_and_refills(

@@ -26,4 +26,4 @@ def connect(path: str, attempts: int = 100) -> socket.socket:
 connection = connect(SOCKET_PATH)
 from mcpx_runtime import supervisor  # noqa: E402 - deliberately after the connection
 
-supervisor.main(connection)
+supervisor.main(connection, SOCKET_PATH)

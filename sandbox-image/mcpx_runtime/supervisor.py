@@ -23,6 +23,11 @@ from mcpx_runtime.wire import FrameTooLarge, LineReader, Message, encode
 MAX_FRAME = int(os.environ.get("MCPX_MAX_FRAME", str(16 * 1024 * 1024)))
 MAX_OUTPUT = int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024)))
 KILL_GRACE_S = float(os.environ.get("MCPX_KILL_GRACE_S", "1.0"))
+# A lost controller connection is retried this long (a restarted controller re-adopts the sandbox), then it exits.
+RECONNECT_S = float(os.environ.get("MCPX_RECONNECT_S", "30"))
+RECONNECT_EVERY_S = 0.1
+# The sandbox's end of life (Unix time), whatever happens to the controller; 0: none.
+EXPIRES_AT = float(os.environ.get("MCPX_EXPIRES_AT", "0"))
 FORWARDED_METHODS = frozenset({"tools/call", "tools/search"})
 READ_SIZE = 65536
 STOPS = {"timeout": ("TimeoutError", "time limit exceeded"), "interrupted": ("KeyboardInterrupt", "interrupted")}
@@ -158,8 +163,10 @@ def oom_kill_count() -> int:
 
 
 class Supervisor:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, path: str) -> None:
+        self.sock: socket.socket | None = sock
+        self.path = path
+        self.lost_at = 0.0
         self.selector = selectors.DefaultSelector()
         self.inbox = LineReader(MAX_FRAME)
         self.execution: Execution | None = None
@@ -173,7 +180,13 @@ class Supervisor:
     # --- the controller side -------------------------------------------------------------------------------------
 
     def send(self, message: Message) -> None:
-        self.sock.sendall(encode({"jsonrpc": "2.0", **message}))
+        """Send to the controller; while it is away, what would have been sent is lost (it asks again)."""
+        if self.sock is None:
+            return
+        try:
+            self.sock.sendall(encode({"jsonrpc": "2.0", **message}))
+        except OSError:
+            self._disconnected()
 
     def reply(self, request_id: Any, result: Any) -> None:
         self.send({"id": request_id, "result": result})
@@ -182,9 +195,13 @@ class Supervisor:
         self.send({"id": request_id, "error": {"code": code, "message": message}})
 
     def _on_controller(self, _fd: int) -> None:
-        data = self.sock.recv(READ_SIZE)
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except OSError:
+            data = b""
         if not data:
-            self.running = False
+            self._disconnected()
             return
         try:
             messages = self.inbox.feed(data)
@@ -390,9 +407,44 @@ class Supervisor:
                     name = "stdout" if fd == self.worker.out_r else "stderr"
                     getattr(self.execution, name).add(data)
 
+    def _disconnected(self) -> None:
+        """The controller went away (a restart, or the end): keep the interpreter and wait for it to return."""
+        if self.sock is not None:
+            self.selector.unregister(self.sock)
+            self.sock.close()
+            self.sock = None
+            self.lost_at = time.monotonic()
+            self.inbox = LineReader(MAX_FRAME)
+            lost = {"code": -32000, "message": "the controller connection was lost"}
+            for call_id in self.forwarded.values():
+                self.worker.send({"type": "reply", "id": call_id, "result": None, "error": lost})
+            self.forwarded.clear()
+
+    def _reconnect(self) -> float | None:
+        """One attempt; how long until the next one (None: connected)."""
+        if time.monotonic() - self.lost_at > RECONNECT_S:
+            self.running = False
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            return RECONNECT_EVERY_S
+        self.sock = sock
+        self.selector.register(sock, selectors.EVENT_READ, self._on_controller)
+        return None
+
     def serve(self) -> None:
         while self.running:
-            timeout = self.tick()
+            if EXPIRES_AT and time.time() >= EXPIRES_AT:
+                break
+            waits = [self.tick(), EXPIRES_AT - time.time() if EXPIRES_AT else None]
+            if self.sock is None:
+                waits.append(self._reconnect())
+                if not self.running:
+                    break
+            timeout = min((wait for wait in waits if wait is not None), default=None)
             for key, _ in self.selector.select(timeout):
                 key.data(key.fd)
                 if not self.running:
@@ -407,5 +459,5 @@ def describe_status(status: int) -> str:
     return f"the interpreter exited with status {status}"
 
 
-def main(sock: socket.socket) -> None:
-    Supervisor(sock).serve()
+def main(sock: socket.socket, path: str) -> None:
+    Supervisor(sock, path).serve()

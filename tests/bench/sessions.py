@@ -9,38 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import signal
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
-import uvicorn
-
-from controller.api import create_app
-from controller.config import Settings
+from harness import LABEL, controller, docker, metadata, percentile, remove_labelled, stop_on_sigterm
 
 RUNTIMES = ("runsc", "runc")
 WARMUP = 3
 ROUND_TRIP_WARMUP = 20
 CODE = "print(1)"
 REQUEST_TIMEOUT_S = 60.0
-DOCKER_TIMEOUT_S = 60.0
-SERVER_START_TIMEOUT_S = 60.0
-# Every container the benchmark starts itself carries this label (as the controller's do), so cleanup and
-# `make clean` find them.
-LABEL = "mcpx.controller"
 
 T = TypeVar("T")
 
@@ -63,10 +46,6 @@ class Row:
         return percentile(self.samples_ms, 95)
 
 
-def percentile(samples: list[float], p: int) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
-
-
 def timed(action: Callable[[], T], runs: int, warmup: int, after: Callable[[T], object] | None = None) -> list[float]:
     """Milliseconds of `runs` calls of `action`, after `warmup` untimed ones; `after` gets each result, untimed."""
     samples = []
@@ -77,37 +56,6 @@ def timed(action: Callable[[], T], runs: int, warmup: int, after: Callable[[T], 
         if after is not None:
             after(outcome)
     return samples[warmup:]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def live_controller(settings: Settings) -> Iterator[str]:
-    """The controller served by uvicorn in a thread; yields its base URL. Its shutdown deletes every session."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the controller did not start")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{settings.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=SERVER_START_TIMEOUT_S)
-
-
-def docker(*args: str) -> str:
-    """Run the docker CLI; its stdout, stripped. Raises: subprocess.CalledProcessError, subprocess.TimeoutExpired."""
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=DOCKER_TIMEOUT_S, check=True)
-    return done.stdout.strip()
 
 
 def expect_one(output: str) -> None:
@@ -187,13 +135,6 @@ class Bench:
         return samples
 
 
-def remove_labelled(label: str) -> None:
-    """Remove every container with the label: sessions the controller could not delete, and the baselines'."""
-    leftovers = docker("ps", "--all", "--quiet", "--filter", f"label={label}").split()
-    if leftovers:
-        docker("rm", "--force", *leftovers)
-
-
 WARM_POOL = 2
 
 
@@ -211,18 +152,6 @@ def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int) -> list
             docker_exec,
         ]
     return rows
-
-
-def metadata(image: str, runs: dict[str, int]) -> dict[str, Any]:
-    """The host, Docker and image a run measured, and how many samples each measurement took."""
-    image_id, image_size = docker("image", "inspect", "--format", "{{.Id}} {{.Size}}", image).split()
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "docker_version": docker("version", "--format", "{{.Server.Version}}"),
-        "image": {"name": image, "id": image_id, "size_bytes": int(image_size)},
-        "runs": runs,
-    }
 
 
 def table(rows: list[Row]) -> str:
@@ -246,33 +175,27 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.runs, args.round_trips, args.docker_runs) < 2:
         parser.error("every count must be at least 2 (for percentiles)")
-    # A SIGTERM (a CI timeout, `timeout make bench`) unwinds like Ctrl-C, through the cleanup.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    stop_on_sigterm()
 
     image = os.environ.get("MCPX_IMAGE", "mcpx-sandbox:latest")
-    controller_id = f"bench{os.getpid()}"
     info = metadata(image, {"create": args.runs, "round_trip": args.round_trips, "docker_run": args.docker_runs})
-    label = f"{LABEL}={controller_id}"
-    warm_label = f"{LABEL}={controller_id}w"
-    with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as state_dir:
-        cold = Settings(
-            state_dir=Path(state_dir) / "cold", controller_id=controller_id, image=image, port=free_port(),
-            warm_pool_size=0,
-        )  # fmt: skip
-        warm = Settings(
-            state_dir=Path(state_dir) / "warm", controller_id=f"{controller_id}w", image=image, port=free_port(),
-            warm_pool_size=WARM_POOL,
-        )  # fmt: skip
+    label, warm_label = f"{LABEL}=bench{os.getpid()}", f"{LABEL}=benchwarm{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as temp:
         try:
-            # Leaving the controller deletes its sessions, including any a failed measurement left behind.
-            with live_controller(cold) as url, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api:
+            # Leaving a controller deletes its sessions, including any a failed measurement left behind.
+            with (
+                controller(Path(temp), "bench", image, warm_pool_size=0) as url,
+                httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api,
+            ):
                 rows = measure(Bench(api, image, label), args.runs, args.round_trips, args.docker_runs)
-            with live_controller(warm) as url, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api:
+            with (
+                controller(Path(temp), "benchwarm", image, warm_pool_size=WARM_POOL) as url,
+                httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api,
+            ):
                 samples = Bench(api, image, warm_label).warm_create_then_execute(RUNTIMES[0], args.runs, WARM_POOL)
                 rows.insert(2, Row("create -> first exec (warm)", RUNTIMES[0], samples))
         finally:
-            remove_labelled(label)
-            remove_labelled(warm_label)
+            remove_labelled(label)  # the baselines' containers
 
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

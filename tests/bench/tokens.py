@@ -29,13 +29,13 @@ from typing import Any
 
 import anyio
 import httpx
+from harness import controller as live
+from harness import free_port, metadata, percentile, stop_on_sigterm
 from mcp import StdioServerParameters
 from replica import capture, replica_names, running
 from scenarios import SHAPING_BUDGET, SHAPING_LIMIT_MS, SHAPING_RUNS, ShapingCost, Task, shaping_costs, tasks
-from sessions import LABEL, free_port, live_controller, metadata, percentile, remove_labelled
 from tools import DOCSTORE, ROOT, TIME_SERVER
 
-from controller.config import Settings
 from controller.shaping import Tokens
 
 EVERYTHING = ROOT / ".servers/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
@@ -242,26 +242,11 @@ def real_servers() -> dict[str, StdioServerParameters]:
 
 @contextmanager
 def controller(temp: Path, name: str, config: dict[str, Any], image: str) -> Iterator[str]:
-    """A live controller serving `config`; yields its URL. Leaving it deletes its sessions and stops its servers,
-    and removes any container still labelled as its own."""
+    """A live controller serving `config`; yields its URL (see harness.controller)."""
     servers_file = temp / f"{name}.json"
     servers_file.write_text(json.dumps({"mcpServers": config}))
-    state_dir = temp / f"state-{name}"
-    state_dir.mkdir()
-    controller_id = f"tokens{os.getpid()}{name}"
-    settings = Settings(
-        state_dir=state_dir,
-        controller_id=controller_id,
-        image=image,
-        port=free_port(),
-        servers_file=servers_file,
-        connect_timeout_s=CONNECT_WAIT_S,
-    )
-    try:
-        with live_controller(settings) as url:
-            yield url
-    finally:
-        remove_labelled(f"{LABEL}={controller_id}")
+    with live(temp, f"tokens{name}", image, servers_file=servers_file, connect_timeout_s=CONNECT_WAIT_S) as url:
+        yield url
 
 
 def expect_catalog(api: httpx.Client, names: set[str], min_tools: int = 0) -> None:
@@ -438,7 +423,7 @@ def main() -> None:
         if not path.exists():
             parser.error(f"{path} is missing: run `make test-servers` first")
     # A SIGTERM (a CI timeout) unwinds like Ctrl-C through the cleanup; so does the run's own deadline.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    stop_on_sigterm()
 
     def overdue(*_: object) -> None:
         raise TimeoutError(f"the token benchmark took longer than {args.deadline_s} s")

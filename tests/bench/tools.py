@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -22,10 +21,10 @@ from typing import Any
 
 import anyio
 import httpx
+from harness import controller, metadata, percentile, stop_on_sigterm
 from mcp import Client, StdioServerParameters
-from sessions import LABEL, RUNTIMES, free_port, live_controller, metadata, percentile, remove_labelled
+from sessions import RUNTIMES
 
-from controller.config import Settings
 from controller.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -325,37 +324,23 @@ def main() -> None:
         parser.error(f"--runs and --large-runs must be at least {CONCURRENCY}, --warmup at least 0")
     if not TIME_SERVER.exists():
         parser.error(f"{TIME_SERVER} is missing: run `make setup` first")
-    # A SIGTERM (a CI timeout, `timeout make bench`) unwinds like Ctrl-C, through the cleanup.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    stop_on_sigterm()
 
     image = os.environ.get("MCPX_IMAGE", "mcpx-sandbox:latest")
-    controller_id = f"bench{os.getpid()}"
     info = metadata(image, {"calls": args.runs, "warmup": args.warmup, "large_calls": args.large_runs})
     # Sub-millisecond numbers move with whatever else the host runs; the load says how quiet it was.
     info["host"]["load_average_1m"] = os.getloadavg()[0]
-    sandbox_label = f"{LABEL}={controller_id}"
     with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as temp:
         servers_file = Path(temp) / "servers.json"
         servers_file.write_text(json.dumps(servers_config()))
-        state_dir = Path(temp) / "state"
-        state_dir.mkdir()
-        settings = Settings(
-            state_dir=state_dir,
-            controller_id=controller_id,
-            image=image,
-            port=free_port(),
-            servers_file=servers_file,
-            # Nothing boots in the background while calls are timed; sessions here are never the default profile.
-            warm_pool_size=0,
-            policy=roomy_policy(args.runs, args.warmup, args.large_runs),
-        )
-        try:
-            # Leaving the controller deletes its sessions and stops its MCP servers, whatever failed.
-            with live_controller(settings) as url, httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api:
-                expect_servers(api)
-                latencies, throughputs = measure(api, args.runs, args.warmup, args.large_runs)
-        finally:
-            remove_labelled(sandbox_label)
+        # Nothing boots in the background while calls are timed; sessions here are never the default profile.
+        policy = roomy_policy(args.runs, args.warmup, args.large_runs)
+        with (
+            controller(Path(temp), "bench", image, servers_file=servers_file, warm_pool_size=0, policy=policy) as url,
+            httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api,
+        ):
+            expect_servers(api)
+            latencies, throughputs = measure(api, args.runs, args.warmup, args.large_runs)
 
     rows = overheads(latencies)
     print(table(latencies, throughputs, rows))

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from controller.config import Settings
+from controller.sessions import session_directory
 from tests.conftest import ROOT, TIME_SERVER, LiveServer, SessionFactory, execute, make_settings, wait_until
 
 JSON = {"content-type": "application/json"}
@@ -199,7 +200,7 @@ def test_path_traversal_and_odd_session_ids_get_404_and_touch_nothing(
             assert response.json()["detail"]
     assert (settings.state_dir / "stubs").is_dir()
     assert (settings.state_dir / "audit.log").is_file()
-    assert (settings.state_dir / "sessions" / bystander / "socket" / "bridge.sock").exists()
+    assert (session_directory(settings.state_dir / "sessions", bystander) / "socket" / "bridge.sock").exists()
     assert execute(api, bystander, "kept")["result"] == "yes"
     assert executions(api, bystander) == 2
 

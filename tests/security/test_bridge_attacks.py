@@ -20,6 +20,7 @@ import pytest
 
 from controller.bridge import MAX_CALL_CONNECTIONS
 from controller.config import Settings
+from controller.sessions import session_directory
 from tests.conftest import LiveServer, SessionFactory, execute, wait_until
 from tests.security.conftest import Attack
 
@@ -507,7 +508,7 @@ def test_a_session_cannot_reach_another_sessions_socket_or_servers(
 ):
     other = new_session(runtime=runtime, servers=["hostile"])
     session = new_session(runtime=runtime, servers=["time"])
-    other_socket = settings.state_dir / "sessions" / other / "socket" / "bridge.sock"
+    other_socket = session_directory(settings.state_dir / "sessions", other) / "socket" / "bridge.sock"
     assert other_socket.exists()
     before = hostile_calls(hostile_log)
     outcome = ok(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from controller.config import Settings
+from controller.sessions import session_directory
 from tests.conftest import SessionFactory, execute
 from tests.security.conftest import Attack, expect_failure_under, result_of
 
@@ -19,7 +20,7 @@ BIG_OUTPUT = "print('x' * 100_000)"  # far over a 50-token budget: the controlle
 
 
 def workspace_on_host(settings: Settings, session: str) -> Path:
-    return settings.state_dir / "sessions" / session / "workspace"
+    return session_directory(settings.state_dir / "sessions", session) / "workspace"
 
 
 # Sandbox-side helpers: `attempt(function, *args)` is "OK" or the errno's name; `digest(root)` hashes a tree.
