@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SessionFactory, execute
+from tests.conftest import SECRET, SessionFactory, check_typescript, execute
 
 
 def ts(api: httpx.Client, session: str, code: str, **body: Any) -> dict[str, Any]:
@@ -208,8 +208,6 @@ def test_typescript_sees_no_secret_and_runs_as_an_unprivileged_user(
 ):
     session = new_session(runtime=runtime)
     env = ok(api, session, "process.env")
-    from tests.conftest import SECRET
-
     assert SECRET not in json.dumps(env)
     assert ok(api, session, "[process.getuid!(), process.getgid!()]") == [65532, 65532]
 
@@ -217,10 +215,19 @@ def test_typescript_sees_no_secret_and_runs_as_an_unprivileged_user(
 # --- the stubs, parsed by the real TypeScript compiler -----------------------------------------------------------
 
 
-def stubs_tree(settings: Any, server: str) -> Path:
-    trees = [tree for tree in (settings.state_dir / "stubs").iterdir() if (tree / "servers" / server).is_dir()]
-    assert trees
-    return max(trees, key=lambda tree: tree.stat().st_mtime)
+def test_the_typescript_stubs_of_the_real_servers_parse_only_declare_and_type_check(
+    api: httpx.Client, new_session: SessionFactory, settings: Any
+):
+    new_session(servers=["time", "everything", "hostile"])
+    stubs = settings.state_dir / "stubs"
+    [tree] = [
+        tree
+        for tree in stubs.iterdir()
+        if {entry.name for entry in (tree / "servers").iterdir() if entry.is_dir()} == {"everything", "hostile", "time"}
+    ]
+    checked = check_typescript(tree)
+    assert checked["problems"] == []
+    assert checked["files"] == 1 + 3 + 2 + 13 + 15  # the root, a module per server, a file per tool
 
 
 def test_importing_every_hostile_typescript_stub_runs_nothing(
