@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from controller import discovery, stubgen
+from controller import discovery, stubgen, tsstubs
 from controller.audit import AuditLog
 from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import Limits, Settings, secrets_of
@@ -515,22 +515,29 @@ def create_app(settings: Settings, backend: SandboxBackend | None = None) -> Fas
         q: str = "",
         detail: Literal["name", "description", "full"] = "description",
         limit: int = Query(10, ge=1, le=100),
+        language: Annotated[Language, Query(description="Language of the import lines and signatures.")] = "python",
     ) -> list[dict[str, Any]]:
-        return discovery.search(visible(caller), q, detail, limit)
+        return discovery.search(visible(caller), q, detail, limit, language)
 
     @app.get("/v1/tools/{server}/{tool}", tags=["tools"], responses=error_responses)
-    async def get_tool(caller: Tenant, server: str, tool: str) -> ToolDetail:
+    async def get_tool(
+        caller: Tenant,
+        server: str,
+        tool: str,
+        language: Annotated[Language, Query(description="Language of the stub, its path and signature.")] = "python",
+    ) -> ToolDetail:
         snapshot = visible(caller)
         info = snapshot.tool(server, tool)
         if info is None:
             raise ToolNotFound(server, tool)
-        path = stubgen.stub_path(snapshot, server, tool)
+        stubs = tsstubs if language == "typescript" else stubgen
+        path = stubs.stub_path(snapshot, server, tool)
         return ToolDetail(
             server=server,
             tool=tool,
             description=info.description,
             path=path,
-            signature=stubgen.signature(snapshot, server, tool),
+            signature=discovery.signature(snapshot, server, tool, language),
             source=(await manager.stubs_for(snapshot) / path).read_text(),
             input_schema=info.input_schema,
             output_schema=info.output_schema,

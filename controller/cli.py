@@ -134,7 +134,12 @@ def show_result(result: ExecutionResult, output_shown: bool, named_session: bool
 
 
 async def run_code(args: argparse.Namespace, mcpx: MCPXClient, session_id: str, code: str) -> int:
-    options = {"timeout_s": args.timeout, "max_output_tokens": args.max_output_tokens, "strategy": args.strategy}
+    options = {
+        "timeout_s": args.timeout,
+        "max_output_tokens": args.max_output_tokens,
+        "strategy": args.strategy,
+        "language": args.language,
+    }
     if not args.stream:
         result = await mcpx.execute(session_id, code, **options)
         if args.json:
@@ -162,6 +167,8 @@ def exec_code(args: argparse.Namespace) -> int:
         code = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         return fail(args, USAGE, "bad_file", f"cannot read {args.file}: {exc}")
+    if args.language is None:
+        args.language = "typescript" if Path(args.file).suffix in (".ts", ".mts") else "python"
     fresh = {"runtime": args.runtime, "memory_mb": args.memory_mb, "servers": args.servers}
     if args.session is not None and any(value is not None for value in fresh.values()):
         return fail(args, USAGE, "usage", "--runtime, --memory-mb and --servers apply to a fresh session only")
@@ -211,7 +218,7 @@ def tools_ls(args: argparse.Namespace) -> int:
 
 def tools_search(args: argparse.Namespace) -> int:
     async def command(mcpx: MCPXClient) -> int:
-        hits = await mcpx.search_tools(" ".join(args.query), args.detail, args.limit)
+        hits = await mcpx.search_tools(" ".join(args.query), args.detail, args.limit, args.language)
         if args.json:
             emit_json([hit.model_dump(mode="json", by_alias=True, exclude_none=True) for hit in hits])
             return OK
@@ -229,7 +236,7 @@ def tools_search(args: argparse.Namespace) -> int:
 
 def tools_show(args: argparse.Namespace) -> int:
     async def command(mcpx: MCPXClient) -> int:
-        detail = await mcpx.tool(args.server, args.tool)
+        detail = await mcpx.tool(args.server, args.tool, args.language)
         if args.json:
             emit_json(detail)
             return OK
@@ -532,7 +539,10 @@ def parser() -> argparse.ArgumentParser:
     exec_parser = commands.add_parser(
         "exec", parents=[common], help="run code in a fresh session (deleted afterwards) or in --session ID"
     )
-    exec_parser.add_argument("file", metavar="FILE|-", help="Python source file, or - for stdin")
+    exec_parser.add_argument("file", metavar="FILE|-", help="source file, or - for stdin")
+    exec_parser.add_argument(
+        "--language", choices=["python", "typescript"], help="language of the code (default: from FILE's suffix)"
+    )
     exec_parser.add_argument("--session", metavar="ID", help="run in this existing session (kept afterwards)")
     exec_parser.add_argument("--timeout", type=positive_float, metavar="S", help="time limit of the execution")
     exec_parser.add_argument("--max-output-tokens", type=int, metavar="N", help="token budget of the output")
@@ -550,10 +560,12 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("query", nargs="+", metavar="QUERY")
     search.add_argument("--detail", choices=["name", "description", "full"], default="description")
     search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--language", choices=["python", "typescript"], default="python", help="of the signatures")
     search.set_defaults(handler=tools_search)
     show = tools.add_parser("show", parents=[common], help="one tool's stub (what sandbox code imports)")
     show.add_argument("server", metavar="SERVER")
     show.add_argument("tool", metavar="TOOL")
+    show.add_argument("--language", choices=["python", "typescript"], default="python", help="of the stub")
     show.set_defaults(handler=tools_show)
 
     sessions_parser = commands.add_parser("sessions", help="sessions of your tenant")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SECRET, SessionFactory, check_typescript, execute
+from tests.conftest import SECRET, LiveServer, SessionFactory, check_typescript, execute, make_settings
 
 
 def ts(api: httpx.Client, session: str, code: str, **body: Any) -> dict[str, Any]:
@@ -247,3 +248,49 @@ def test_importing_every_hostile_typescript_stub_runs_nothing(
     assert len(loaded) == 16  # 15 tools and index.ts
     assert all(len(names) >= 1 for names in loaded.values())
     assert (hostile_log.read_text() if hostile_log.exists() else "") == before
+
+
+# --- the API around TypeScript -----------------------------------------------------------------------------------
+
+
+def test_the_tools_api_renders_a_tools_typescript_stub_and_signature(api: httpx.Client):
+    detail = api.get("/v1/tools/time/get_current_time", params={"language": "typescript"}).json()
+    assert detail["path"] == "servers/time/get_current_time.ts"
+    assert "export async function get_current_time(input: GetCurrentTimeInput)" in detail["source"]
+    assert detail["signature"].startswith('get_current_time(input: {"timezone": string}): Promise<')
+    python = api.get("/v1/tools/time/get_current_time").json()
+    assert python["signature"].startswith("get_current_time(timezone: str)")
+    hits = api.get("/v1/tools/search", params={"q": "current time", "limit": 1, "language": "typescript"}).json()
+    assert hits[0]["import"] == 'import { get_current_time } from "servers/time"'
+    assert api.get("/v1/tools/search", params={"q": "x", "language": "go"}).status_code == 422
+
+
+def test_an_unknown_language_is_refused(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    response = api.post(f"/v1/sessions/{session}/executions", json={"code": "1", "language": "ruby"})
+    assert response.status_code == 422
+
+
+def test_typescript_is_refused_when_the_policy_denies_imports(api: httpx.Client, new_session: SessionFactory):
+    session = new_session(policy={"denied_imports": ["subprocess"]})
+    reply = ts(api, session, "1 + 1")
+    assert (reply["error"]["kind"], reply["error"]["type"]) == ("policy", "PolicyRefusal")
+
+
+@pytest.mark.skipif(not os.environ.get("MCPX_TEST_PYTHON_IMAGE"), reason="set MCPX_TEST_PYTHON_IMAGE to an image "
+                    "built with TYPESCRIPT=0")  # fmt: skip
+def test_a_python_only_image_refuses_typescript_with_a_clear_error(tmp_path: Path, servers_file: Path):
+    settings = make_settings(tmp_path, image=os.environ["MCPX_TEST_PYTHON_IMAGE"], servers_file=servers_file)
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=120) as client:
+        session = client.post("/v1/sessions", json={"servers": ["time"]}).json()["id"]
+        try:
+            refused = client.post(f"/v1/sessions/{session}/executions", json={"code": "1", "language": "typescript"})
+            assert refused.status_code == 422
+            assert refused.json() == {
+                "error": "language_unavailable",
+                "detail": "cannot run typescript: this sandbox image has no TypeScript runtime",
+            }
+            python = client.post(f"/v1/sessions/{session}/executions", json={"code": "6 * 7"}).json()
+            assert (python["result"], python["state_reset"]) == (42, False)
+        finally:
+            client.delete(f"/v1/sessions/{session}")
