@@ -122,8 +122,9 @@ class ExecutionRequest(BaseModel):
     code: str = Field(description="Source code; the value of a trailing expression is returned.")
     language: Language = Field(
         default="python",
-        description="python, or typescript (Node.js; types are stripped, not checked; needs an image built with "
-        "TypeScript, else 422 language_unavailable).",
+        description="python, or typescript (Node.js; types are stripped, not checked; declarations persist in memory "
+        "across executions, apart from Python's; needs an image built with TypeScript, else 422 "
+        "language_unavailable).",
     )
     timeout_s: float | None = Field(default=None, gt=0, description="Time limit; default: the session's.")
     max_output_tokens: int | None = Field(

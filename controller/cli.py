@@ -363,6 +363,8 @@ def image_build(args: argparse.Namespace) -> int:
     env = {**os.environ, "IMAGE": image}
     if args.base is not None:
         env["BASE"] = args.base
+    if args.python_only:
+        env["TYPESCRIPT"] = "0"
     command = ["bash", str(BUILD_SCRIPT), *(["--if-missing"] if args.if_missing else [])]
     # With --json, stdout carries only the summary; the progress goes to stderr.
     with (
@@ -581,6 +583,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--base", help="base image (default: a local debootstrap'd Debian; e.g. python:3.11-slim)")
     build.add_argument("--image", help=f"image to build (default: MCPX_IMAGE or {DEFAULT_IMAGE})")
     build.add_argument("--if-missing", action="store_true", help="only when missing or stale")
+    build.add_argument("--python-only", action="store_true", help="without Node.js: no TypeScript executions")
     build.set_defaults(handler=image_build)
 
     doctor_parser = commands.add_parser(
