@@ -70,6 +70,10 @@ trap 'rm -rf "$context"' EXIT
 cp -r "$HERE/Dockerfile" "$HERE/mcpx_runtime" "$context/"
 mkdir "$context/mcpx_node"
 if [ "$TYPESCRIPT" = 1 ]; then
+    if ! command -v "$NPM" >/dev/null && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        log "installing npm (to stage the TypeScript transpiler)"
+        apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >&2
+    fi
     command -v "$NPM" >/dev/null || { log "ERROR: TYPESCRIPT=1 needs npm on this host (or build with TYPESCRIPT=0)"; exit 1; }
     cp "$HERE"/mcpx_node/*.js "$HERE"/mcpx_node/package*.json "$context/mcpx_node/"
     "$NPM" ci --prefix "$context/mcpx_node" --omit=dev --no-fund --no-audit --silent
