@@ -16,6 +16,9 @@ RUNTIME ?= runsc
 SERVERS := .servers
 TIME_SERVER := $(SERVERS)/time/bin/mcp-server-time
 EVERYTHING_SERVER := $(SERVERS)/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
+# The TypeScript compiler, to parse and type-check the generated .ts stubs in the tests.
+TSC := $(SERVERS)/npm/node_modules/typescript/lib/typescript.js
+TYPESCRIPT ?= 1
 
 .PHONY: help setup venv host image test-servers run test test-security bench bench-tokens bench-load lint k8s-validate deploy clean
 
@@ -33,8 +36,8 @@ venv: $(BIN)/.installed ## Create the virtualenv with the project and its dev to
 host: ## Install and start Docker with gVisor (runsc) when missing
 	bash sandbox-image/host-setup.sh
 
-image: host ## Build the sandbox image when missing or stale (BASE=... to use a registry base)
-	IMAGE=$(IMAGE) BASE=$(BASE) bash sandbox-image/build.sh --if-missing
+image: host ## Build the sandbox image when missing or stale (BASE=... registry base; TYPESCRIPT=0 Python only)
+	IMAGE=$(IMAGE) BASE=$(BASE) TYPESCRIPT=$(TYPESCRIPT) bash sandbox-image/build.sh --if-missing
 
 setup: venv image ## Everything `run` and `test` need
 
@@ -47,7 +50,10 @@ $(EVERYTHING_SERVER):
 	mkdir -p $(SERVERS)/npm
 	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent @modelcontextprotocol/server-everything@2026.8.31
 
-test-servers: $(TIME_SERVER) $(EVERYTHING_SERVER) ## Install the third-party MCP servers the tests use
+$(TSC): $(EVERYTHING_SERVER)
+	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent typescript@5.9.3
+
+test-servers: $(TIME_SERVER) $(EVERYTHING_SERVER) $(TSC) ## Install the third-party MCP servers (and tsc) the tests use
 
 run: setup ## Serve the API on $(HOST):$(PORT)
 	@echo "mcpx: try  curl -s -X POST http://$(HOST):$(PORT)/v1/sessions   then"

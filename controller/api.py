@@ -23,15 +23,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from controller import discovery, stubgen
+from controller import discovery, stubgen, tsstubs
 from controller.audit import AuditLog
 from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import Limits, Settings, secrets_of
+from controller.discovery import Language
 from controller.endpoint import mcp_endpoint
 from controller.errors import (
     ConfigError,
     ForwardingLoop,
     GVisorRequired,
+    LanguageUnavailable,
     MCPXError,
     ReplicaUnavailable,
     RuntimeUnavailable,
@@ -122,7 +124,13 @@ class ExecutionRequest(BaseModel):
         },
     )
 
-    code: str = Field(description="Python source; the value of a trailing expression is returned.")
+    code: str = Field(description="Source code; the value of a trailing expression is returned.")
+    language: Language = Field(
+        default="python",
+        description="python, or typescript (Node.js; types are stripped, not checked; declarations persist in memory "
+        "across executions, apart from Python's; needs an image built with TypeScript, else 422 "
+        "language_unavailable).",
+    )
     timeout_s: float | None = Field(default=None, gt=0, description="Time limit; default: the session's.")
     max_output_tokens: int | None = Field(
         default=None, ge=16, le=1_000_000, description="Token budget of the response; default: the server's."
@@ -201,6 +209,7 @@ ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (ToolNotFound, 404, "tool_not_found"),
     (SessionLimitReached, 429, "session_limit_reached"),
     (UnknownServers, 422, "unknown_servers"),
+    (LanguageUnavailable, 422, "language_unavailable"),
     (GVisorRequired, 503, "gvisor_required"),
     (RuntimeUnavailable, 503, "runtime_unavailable"),
     (ReplicaUnavailable, 503, "replica_unavailable"),
@@ -441,18 +450,23 @@ def create_app(
             raise BadRequest(f"code is larger than {settings.max_code_bytes} bytes", status=413)
         if request.timeout_s is not None and request.timeout_s > settings.max_timeout_s:
             raise BadRequest(f"timeout_s must be at most {settings.max_timeout_s}")
-        options = (request.timeout_s, request.max_output_tokens, request.strategy)
+        options = (request.timeout_s, request.max_output_tokens, request.strategy, request.language)
         if "text/event-stream" not in accept:
-            return await manager.execute(session, request.code, options[0], None, options[1], options[2])
+            return await manager.execute(session, request.code, options[0], None, *options[1:])
         return StreamingResponse(stream(session, request.code, *options), media_type="text/event-stream")
 
     async def stream(
-        session: Session, code: str, timeout_s: float | None, budget: int | None, strategy: Strategy | None
+        session: Session,
+        code: str,
+        timeout_s: float | None,
+        budget: int | None,
+        strategy: Strategy | None,
+        language: Language,
     ) -> AsyncIterator[str]:
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         running = asyncio.create_task(
             manager.execute(
-                session, code, timeout_s, lambda kind, data: events.put_nowait((kind, data)), budget, strategy
+                session, code, timeout_s, lambda kind, data: events.put_nowait((kind, data)), budget, strategy, language
             )
         )
         running.add_done_callback(lambda task: events.put_nowait(("done", None)))
@@ -542,22 +556,29 @@ def create_app(
         q: str = "",
         detail: Literal["name", "description", "full"] = "description",
         limit: int = Query(10, ge=1, le=100),
+        language: Annotated[Language, Query(description="Language of the import lines and signatures.")] = "python",
     ) -> list[dict[str, Any]]:
-        return discovery.search(visible(caller), q, detail, limit)
+        return discovery.search(visible(caller), q, detail, limit, language)
 
     @app.get("/v1/tools/{server}/{tool}", tags=["tools"], responses=error_responses)
-    async def get_tool(caller: Tenant, server: str, tool: str) -> ToolDetail:
+    async def get_tool(
+        caller: Tenant,
+        server: str,
+        tool: str,
+        language: Annotated[Language, Query(description="Language of the stub, its path and signature.")] = "python",
+    ) -> ToolDetail:
         snapshot = visible(caller)
         info = snapshot.tool(server, tool)
         if info is None:
             raise ToolNotFound(server, tool)
-        path = stubgen.stub_path(snapshot, server, tool)
+        stubs = tsstubs if language == "typescript" else stubgen
+        path = stubs.stub_path(snapshot, server, tool)
         return ToolDetail(
             server=server,
             tool=tool,
             description=info.description,
             path=path,
-            signature=stubgen.signature(snapshot, server, tool),
+            signature=discovery.signature(snapshot, server, tool, language),
             source=(await manager.stubs_for(snapshot) / path).read_text(),
             input_schema=info.input_schema,
             output_schema=info.output_schema,

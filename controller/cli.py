@@ -142,7 +142,12 @@ def show_result(result: ExecutionResult, output_shown: bool, named_session: bool
 
 
 async def run_code(args: argparse.Namespace, mcpx: MCPXClient, session_id: str, code: str) -> int:
-    options = {"timeout_s": args.timeout, "max_output_tokens": args.max_output_tokens, "strategy": args.strategy}
+    options = {
+        "timeout_s": args.timeout,
+        "max_output_tokens": args.max_output_tokens,
+        "strategy": args.strategy,
+        "language": args.language,
+    }
     if not args.stream:
         result = await mcpx.execute(session_id, code, **options)
         if args.json:
@@ -170,6 +175,8 @@ def exec_code(args: argparse.Namespace) -> int:
         code = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         return fail(args, USAGE, "bad_file", f"cannot read {args.file}: {exc}")
+    if args.language is None:
+        args.language = "typescript" if Path(args.file).suffix in (".ts", ".mts") else "python"
     fresh = {"runtime": args.runtime, "memory_mb": args.memory_mb, "servers": args.servers}
     if args.session is not None and any(value is not None for value in fresh.values()):
         return fail(args, USAGE, "usage", "--runtime, --memory-mb and --servers apply to a fresh session only")
@@ -219,7 +226,7 @@ def tools_ls(args: argparse.Namespace) -> int:
 
 def tools_search(args: argparse.Namespace) -> int:
     async def command(mcpx: MCPXClient) -> int:
-        hits = await mcpx.search_tools(" ".join(args.query), args.detail, args.limit)
+        hits = await mcpx.search_tools(" ".join(args.query), args.detail, args.limit, args.language)
         if args.json:
             emit_json([hit.model_dump(mode="json", by_alias=True, exclude_none=True) for hit in hits])
             return OK
@@ -237,7 +244,7 @@ def tools_search(args: argparse.Namespace) -> int:
 
 def tools_show(args: argparse.Namespace) -> int:
     async def command(mcpx: MCPXClient) -> int:
-        detail = await mcpx.tool(args.server, args.tool)
+        detail = await mcpx.tool(args.server, args.tool, args.language)
         if args.json:
             emit_json(detail)
             return OK
@@ -364,6 +371,8 @@ def image_build(args: argparse.Namespace) -> int:
     env = {**os.environ, "IMAGE": image}
     if args.base is not None:
         env["BASE"] = args.base
+    if args.python_only:
+        env["TYPESCRIPT"] = "0"
     command = ["bash", str(BUILD_SCRIPT), *(["--if-missing"] if args.if_missing else [])]
     # With --json, stdout carries only the summary; the progress goes to stderr.
     with (
@@ -540,7 +549,10 @@ def parser() -> argparse.ArgumentParser:
     exec_parser = commands.add_parser(
         "exec", parents=[common], help="run code in a fresh session (deleted afterwards) or in --session ID"
     )
-    exec_parser.add_argument("file", metavar="FILE|-", help="Python source file, or - for stdin")
+    exec_parser.add_argument("file", metavar="FILE|-", help="source file, or - for stdin")
+    exec_parser.add_argument(
+        "--language", choices=["python", "typescript"], help="language of the code (default: from FILE's suffix)"
+    )
     exec_parser.add_argument("--session", metavar="ID", help="run in this existing session (kept afterwards)")
     exec_parser.add_argument("--timeout", type=positive_float, metavar="S", help="time limit of the execution")
     exec_parser.add_argument("--max-output-tokens", type=int, metavar="N", help="token budget of the output")
@@ -558,10 +570,12 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("query", nargs="+", metavar="QUERY")
     search.add_argument("--detail", choices=["name", "description", "full"], default="description")
     search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--language", choices=["python", "typescript"], default="python", help="of the signatures")
     search.set_defaults(handler=tools_search)
     show = tools.add_parser("show", parents=[common], help="one tool's stub (what sandbox code imports)")
     show.add_argument("server", metavar="SERVER")
     show.add_argument("tool", metavar="TOOL")
+    show.add_argument("--language", choices=["python", "typescript"], default="python", help="of the stub")
     show.set_defaults(handler=tools_show)
 
     sessions_parser = commands.add_parser("sessions", help="sessions of your tenant")
@@ -577,6 +591,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--base", help="base image (default: a local debootstrap'd Debian; e.g. python:3.11-slim)")
     build.add_argument("--image", help=f"image to build (default: MCPX_IMAGE or {DEFAULT_IMAGE})")
     build.add_argument("--if-missing", action="store_true", help="only when missing or stale")
+    build.add_argument("--python-only", action="store_true", help="without Node.js: no TypeScript executions")
     build.set_defaults(handler=image_build)
 
     doctor_parser = commands.add_parser(

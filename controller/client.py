@@ -27,6 +27,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 Detail = Literal["name", "description", "full"]
+Language = Literal["python", "typescript"]
 Strategy = Literal["truncate", "summarize", "sample"]
 
 # How long to wait for an execution whose time limit the client does not know (the session's default): the
@@ -441,6 +442,7 @@ class MCPXClient:
         timeout_s: float | None = None,
         max_output_tokens: int | None = None,
         strategy: Strategy | None = None,
+        language: Language = "python",
     ) -> ExecutionResult:
         """Run code in the session and wait for its result.
 
@@ -450,7 +452,7 @@ class MCPXClient:
         response = await self._request(
             "POST",
             f"{_session(session_id)}/executions",
-            json=_execution(code, timeout_s, max_output_tokens, strategy),
+            json=_execution(code, timeout_s, max_output_tokens, strategy, language),
             wait=self._execution_timeout(timeout_s),
         )
         return _parse(ExecutionResult.model_validate_json, response)
@@ -462,6 +464,7 @@ class MCPXClient:
         timeout_s: float | None = None,
         max_output_tokens: int | None = None,
         strategy: Strategy | None = None,
+        language: Language = "python",
     ) -> AsyncGenerator[Event, None]:
         """Run code in the session, yielding its output and tool calls as they happen, then one `ResultEvent`.
 
@@ -474,7 +477,7 @@ class MCPXClient:
         request = self._http.build_request(
             "POST",
             f"{_session(session_id)}/executions",
-            json=_execution(code, timeout_s, max_output_tokens, strategy),
+            json=_execution(code, timeout_s, max_output_tokens, strategy, language),
             headers={"Accept": "text/event-stream"},
             timeout=self._execution_timeout(timeout_s),
         )
@@ -528,15 +531,18 @@ class MCPXClient:
         """The tool catalog the caller may use. Raises: MCPXClientError."""
         return _parse(ToolListing.model_validate_json, await self._request("GET", "/v1/tools"))
 
-    async def search_tools(self, q: str, detail: Detail = "description", limit: int = 10) -> list[ToolHit]:
+    async def search_tools(
+        self, q: str, detail: Detail = "description", limit: int = 10, language: Language = "python"
+    ) -> list[ToolHit]:
         """The tools best matching `q`, best first. Raises: MCPXClientError."""
-        params = {"q": q, "detail": detail, "limit": limit}
+        params = {"q": q, "detail": detail, "limit": limit, "language": language}
         return _parse(_HITS.validate_json, await self._request("GET", "/v1/tools/search", params=params))
 
-    async def tool(self, server: str, tool: str) -> ToolDetail:
-        """One tool's stub and schemas. Raises: MCPXClientError (404 `tool_not_found`)."""
+    async def tool(self, server: str, tool: str, language: Language = "python") -> ToolDetail:
+        """One tool's stub (in `language`) and schemas. Raises: MCPXClientError (404 `tool_not_found`)."""
         path = f"/v1/tools/{quote(server, safe='')}/{quote(tool, safe='')}"
-        return _parse(ToolDetail.model_validate_json, await self._request("GET", path))
+        response = await self._request("GET", path, params={"language": language})
+        return _parse(ToolDetail.model_validate_json, response)
 
     # Transport
 
@@ -611,7 +617,7 @@ def _file(session_id: str, path: str) -> str:
 
 
 def _execution(
-    code: str, timeout_s: float | None, max_output_tokens: int | None, strategy: Strategy | None
+    code: str, timeout_s: float | None, max_output_tokens: int | None, strategy: Strategy | None, language: Language
 ) -> dict[str, Any]:
     given = {"timeout_s": timeout_s, "max_output_tokens": max_output_tokens, "strategy": strategy}
-    return {"code": code, **{key: value for key, value in given.items() if value is not None}}
+    return {"code": code, "language": language, **{key: value for key, value in given.items() if value is not None}}

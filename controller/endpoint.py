@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from controller import discovery, shaping, stubgen
 from controller.catalog import CatalogSnapshot
+from controller.discovery import Language
 from controller.errors import MCPXError, SessionNotFound
 from controller.replicas import Replicas
 from controller.runtime import WORKSPACE_MOUNT
@@ -178,11 +179,12 @@ def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf, r
         ctx: Context,
         detail: Literal["name", "description", "full"] = "description",
         limit: Annotated[int, Field(ge=1, le=100)] = 10,
+        language: Language = "python",
     ) -> CallToolResult:
-        """Find tools of every server by what they do, best first. Each hit gives the `import` path for code
-        run by execute_code; detail="full" adds its signature and input schema."""
+        """Find tools of every server by what they do, best first. Each hit gives the `import` for code run by
+        execute_code (in `language`); detail="full" adds its signature and input schema."""
         view = tenancy.catalog(tenancy.caller(ctx))
-        return reply({"tools": discovery.search(view, query, detail, limit)})
+        return reply({"tools": discovery.search(view, query, detail, limit, language)})
 
     @tool()
     async def create_session(
@@ -197,15 +199,17 @@ def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf, r
 
     @tool()
     async def execute_code(
-        code: Annotated[str, Field(description="Python; top-level await works, a trailing expression is returned.")],
+        code: Annotated[str, Field(description="Top-level await works, a trailing expression is returned.")],
         ctx: Context,
         session_id: Annotated[str | None, Field(description="Session to run in; default: a new one.")] = None,
         timeout_s: Annotated[float | None, Field(gt=0)] = None,
         max_output_tokens: Annotated[int | None, Field(ge=16, le=1_000_000)] = None,
+        language: Language = "python",
     ) -> CallToolResult:
-        """Run Python in a sandbox where MCP tools are functions: `from servers.<server> import <tool>`. Call
-        tools from code and print only what you need. Returns stdout, stderr, result and error (a failure of the
-        code is reported there), and the session_id to reuse."""
+        """Run Python (or TypeScript) in a sandbox where MCP tools are functions: `from servers.<server> import
+        <tool>` (`import { <tool> } from "servers/<server>"`). Call tools from code and print only what you need.
+        Returns stdout, stderr, result and error (a failure of the code is reported there), and the session_id
+        to reuse."""
         tenant = tenancy.caller(ctx)
         if len(code.encode()) > settings.max_code_bytes:
             raise ToolError(f"code is larger than {settings.max_code_bytes} bytes")
@@ -219,7 +223,9 @@ def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf, r
                 return reply({"session_id": session_id, **json.loads(answer)})
         with as_tool_errors():
             session = await tenancy.create(tenant, None) if session_id is None else manager.get(session_id, tenant)
-            execution = asyncio.ensure_future(manager.execute(session, code, timeout_s, None, max_output_tokens))
+            execution = asyncio.ensure_future(
+                manager.execute(session, code, timeout_s, None, max_output_tokens, None, language)
+            )
             try:
                 result = await asyncio.shield(execution)
             except asyncio.CancelledError:

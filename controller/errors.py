@@ -12,7 +12,8 @@ MCPXError
 │   └── BridgeTimeout           no reply within the deadline
 ├── SessionError
 │   ├── SessionNotFound         unknown (or another tenant's) session id
-│   └── SessionLimitReached     the controller runs its maximum number of sessions
+│   ├── SessionLimitReached     the controller runs its maximum number of sessions
+│   └── LanguageUnavailable     the sandbox image has no runtime for the execution's language
 └── ReplicaError                another replica owns the session and cannot serve it from here
     ├── ReplicaUnavailable      the owner did not answer (gone, restarting, unreachable)
     └── ForwardingLoop          a forwarded request reached a replica that does not own its session
@@ -100,6 +101,14 @@ class SessionLimitReached(SessionError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the controller runs its maximum of {limit} sessions")
         self.limit = limit
+
+
+class LanguageUnavailable(SessionError):
+    """The sandbox image has no runtime for the requested language (a Python-only image and TypeScript)."""
+
+    def __init__(self, language: str, reason: str) -> None:
+        super().__init__(f"cannot run {language}: {reason}")
+        self.language = language
 
 
 class UnknownServers(SessionError):

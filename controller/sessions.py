@@ -24,15 +24,17 @@ from typing import Any, Literal
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller import discovery, shaping, stubgen
+from controller import discovery, shaping, stubgen, tsstubs
 from controller.anomalies import Anomaly, Detector
 from controller.audit import AuditLog
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
 from controller.catalog import Catalog, CatalogSnapshot, ToolOutcome
 from controller.config import REPLICA_NAME, Limits, Settings
+from controller.discovery import Language
 from controller.errors import (
     BridgeClosed,
     BridgeTimeout,
+    LanguageUnavailable,
     MCPXError,
     SandboxError,
     SandboxStartTimeout,
@@ -63,6 +65,8 @@ OUTPUTS = ".mcpx/outputs"  # in the workspace: the full text of output that shap
 TOOL_ERROR = -32010
 INLINE_COUNT_BYTES = 64 * 1024
 DETAILS: dict[str, discovery.Detail] = {"name": "name", "description": "description", "full": "full"}
+# The supervisor's JSON-RPC error code for an execution in a language the image has no runtime for.
+NO_LANGUAGE_RUNTIME = -32010
 # How long past its own timeout (and kill grace) an execution may take before the sandbox is presumed hung.
 HUNG_MARGIN_S = 5.0
 # Called with ("output", {"stream", "text"}) and ("tool_call", ToolCall fields) while an execution runs.
@@ -180,6 +184,11 @@ def session_directory(sessions_dir: Path, session_id: str) -> Path:
     return sessions_dir / session_id.rpartition(".")[2]
 
 
+def render_stubs(view: CatalogSnapshot) -> dict[str, str]:
+    """The whole stubs tree: the Python package and the TypeScript modules beside it."""
+    return stubgen.render(view) | tsstubs.render(view)
+
+
 def idle_expired(now: float, last_used: float, ttl_s: float) -> bool:
     return now - last_used >= ttl_s
 
@@ -282,7 +291,7 @@ class SessionManager:
         catalog takes about a second)."""
         tree = self._trees.get(view.digest)
         if tree is None:
-            files = await anyio.to_thread.run_sync(stubgen.render, view)
+            files = await anyio.to_thread.run_sync(render_stubs, view)
             tree = await anyio.to_thread.run_sync(stubgen.write_tree, files, self.stubs_dir, view.digest)
             self._trees[view.digest] = tree
         return tree
@@ -558,12 +567,14 @@ class SessionManager:
         listener: EventListener | None = None,
         max_output_tokens: int | None = None,
         strategy: Strategy | None = None,
+        language: Language = "python",
     ) -> ExecutionResult:
-        """Run code in the session's interpreter, then shape its output to the token budget; executions of one
-        session run one at a time.
+        """Run code in the session's interpreter for `language`, then shape its output to the token budget;
+        executions of one session run one at a time.
 
         Raises:
             SandboxError: the sandbox died and could not be restarted.
+            LanguageUnavailable: the sandbox image has no runtime for `language`.
         """
         timeout = timeout_s if timeout_s is not None else session.limits.timeout_s
         attributes = {"mcpx.session": session.id, "mcpx.tenant": session.tenant}
@@ -578,7 +589,7 @@ class SessionManager:
                 session.traceparent = self.telemetry.traceparent()
                 span.set_attribute("mcpx.trace", session.trace)
                 try:
-                    result = await self._run(session, code, timeout, max_output_tokens, strategy)
+                    result = await self._run(session, code, timeout, language, max_output_tokens, strategy)
                 finally:
                     session.listener = None
                     session.traceparent = ""
@@ -594,9 +605,18 @@ class SessionManager:
             return result
 
     async def _run(
-        self, session: Session, code: str, timeout_s: float, max_output_tokens: int | None, strategy: Strategy | None
+        self,
+        session: Session,
+        code: str,
+        timeout_s: float,
+        language: Language,
+        max_output_tokens: int | None,
+        strategy: Strategy | None,
     ) -> ExecutionResult:
         refused = denied_imports(code, frozenset(session.policy.denied_imports))
+        if language == "typescript" and session.policy.denied_imports:
+            # The import check reads Python only: refuse rather than let TypeScript bypass the policy.
+            refused = ["denied_imports is set and only Python code can be checked against it"]
         if refused:
             self.audit.record("static_check.refused", session=session.id, trace=session.trace, found=refused)
             self.telemetry.refused("static_check")
@@ -606,7 +626,7 @@ class SessionManager:
                                      message="imports denied by this session's policy: " + "; ".join(refused))
             )  # fmt: skip
         else:
-            result = await self._execute(session, code, timeout_s)
+            result = await self._execute(session, code, timeout_s, language)
         if result.error is not None and result.error.kind in ("timeout", "oom", "crash"):
             event = f"execution.{result.error.kind}"
             self.audit.record(event, session=session.id, trace=session.trace, state_reset=result.state_reset)
@@ -660,7 +680,7 @@ class SessionManager:
         with contextlib.suppress(BridgeClosed, BridgeTimeout, RemoteError):
             await session.bridge.request("interrupt", {}, timeout_s=5)
 
-    async def _execute(self, session: Session, code: str, timeout_s: float) -> ExecutionResult:
+    async def _execute(self, session: Session, code: str, timeout_s: float, language: Language) -> ExecutionResult:
         started = time.monotonic()
         reset = False
         if not session.bridge.is_connected:
@@ -670,6 +690,7 @@ class SessionManager:
             "code": code,
             "timeout_s": timeout_s,
             "stream": session.listener is not None,
+            "language": language,
             "traceparent": session.traceparent,
         }
         deadline = timeout_s + self.settings.kill_grace_s + HUNG_MARGIN_S
@@ -680,6 +701,8 @@ class SessionManager:
             await self._restart(session)
             return failure("timeout", "the sandbox stopped responding and was restarted", started)
         except (BridgeClosed, RemoteError, ValidationError) as exc:
+            if isinstance(exc, RemoteError) and exc.code == NO_LANGUAGE_RUNTIME:
+                raise LanguageUnavailable(language, str(exc)) from None
             kind: Literal["oom", "crash"] = "oom" if await self._died_of_oom(session) else "crash"
             logger.info("session %s: sandbox lost during execution (%s): %s", session.id, kind, exc)
             await self._restart(session)
@@ -752,7 +775,8 @@ class SessionManager:
             view = self.catalog.snapshot.only(session.servers)
             detail = DETAILS.get(str(params.get("detail")), "description")
             limit = params["limit"] if isinstance(params.get("limit"), int) else 10
-            return discovery.search(view, str(params.get("query", "")), detail, min(limit, 100))
+            language: Language = "typescript" if params.get("language") == "typescript" else "python"
+            return discovery.search(view, str(params.get("query", "")), detail, min(limit, 100), language)
         if method != "tools/call":
             raise RemoteError(METHOD_NOT_FOUND, f"unknown method {method!r}")
         server, tool = params.get("server"), params.get("tool")

@@ -29,6 +29,7 @@ SERVERS = ROOT / ".servers"
 TIME_SERVER = SERVERS / "time" / "bin" / "mcp-server-time"
 EVERYTHING = SERVERS / "npm" / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 TS_SDK = SERVERS / "npm" / "node_modules" / "@modelcontextprotocol" / "sdk" / "dist" / "esm"
+TYPESCRIPT = SERVERS / "npm" / "node_modules"  # where `make test-servers` installs the TypeScript compiler
 SECRET = "sk-test-7c1f0e9b2d4a"
 
 
@@ -192,6 +193,24 @@ def new_session(api: httpx.Client) -> Iterator[SessionFactory]:
     yield create
     for session_id in created:
         api.delete(f"/v1/sessions/{session_id}")
+
+
+def check_typescript(tree: Path) -> dict[str, Any]:
+    """Every `.ts` file under `tree` read by the real TypeScript compiler: `{"files": n, "problems": [...]}`
+    (parse errors, statements a stub must not have, type errors under --strict)."""
+    if not (TYPESCRIPT / "typescript").is_dir():
+        pytest.fail("the TypeScript compiler is missing: run `make test-servers`")
+    script = ROOT / "tests" / "typescript" / "check_stubs.cjs"
+    runtime_types = ROOT / "sandbox-image" / "mcpx_node" / "runtime.d.ts"
+    done = subprocess.run(
+        ["node", str(script), str(tree), str(runtime_types)],
+        env={**os.environ, "NODE_PATH": str(TYPESCRIPT)},
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def execute(api: httpx.Client, session_id: str, code: str, **body: Any) -> dict[str, Any]:

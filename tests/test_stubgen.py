@@ -526,12 +526,13 @@ def test_stubs_pass_wire_names_to_the_runtime_and_omit_only_unset_optional_argum
     ]
 
 
-def test_the_sandbox_runtime_has_every_name_the_stubs_import() -> None:
-    path = Path(__file__).parent.parent / "sandbox-image" / "mcpx_runtime" / "tools.py"
-    spec = importlib.util.spec_from_file_location("mcpx_runtime_tools_under_test", path)
-    assert spec is not None and spec.loader is not None
-    real = importlib.util.module_from_spec(spec)  # not registered in sys.modules: nothing to clean up
-    spec.loader.exec_module(real)
+def test_the_sandbox_runtime_has_every_name_the_stubs_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "sandbox-image"))
+    try:
+        real = importlib.import_module("mcpx_runtime.tools")
+    finally:  # the runtime is the sandbox's: leave no trace of it in this process
+        for name in [name for name in sys.modules if name.partition(".")[0] == "mcpx_runtime"]:
+            del sys.modules[name]
     assert [name for name in (*stubgen.RUNTIME_EXPORTS, "call_tool") if not hasattr(real, name)] == []
     assert list(inspect.signature(real.call_tool).parameters) == ["server", "tool", "arguments", "omit_none"]
 

@@ -2,14 +2,18 @@
 
 It owns no user state. It relays `execute` to the worker, enforces the timeout (SIGINT, then SIGKILL of the
 worker's process group after a grace period), captures fd-level stdout/stderr, and restarts the worker whenever it
-dies, reporting `state_reset`. The worker calls tools on a connection of its own (see tools.py), so they never wait
-for this process; `call` events a worker sends on its pipe are still relayed.
+dies, reporting `state_reset`. The Python worker calls tools on a connection of its own (see tools.py), so they
+never wait for this process; `call` events a worker sends on its pipe (the Node.js one does) are relayed.
+
+TypeScript executions run in a second worker, Node.js (`/opt/mcpx/node/worker.js`), started on the first of them
+and speaking the same pipe protocol: the same timeout, output capture, crash and OOM handling apply to both.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import os
 import selectors
 import signal
@@ -30,6 +34,12 @@ RECONNECT_EVERY_S = 0.1
 EXPIRES_AT = float(os.environ.get("MCPX_EXPIRES_AT", "0"))
 FORWARDED_METHODS = frozenset({"tools/call", "tools/search"})
 READ_SIZE = 65536
+NODE = os.environ.get("MCPX_NODE", "/usr/bin/node")
+NODE_WORKER = os.environ.get("MCPX_NODE_WORKER", "/opt/mcpx/node/worker.js")
+# V8's own heap limit would end a greedy cell with an abort before the container's memory limit is reached; past
+# it, running out of memory is an OOM kill, as in Python.
+NODE_FLAGS = ("--max-old-space-size=65536", "--stack-size=984")
+NO_TYPESCRIPT = -32010
 STOPS = {"timeout": ("TimeoutError", "time limit exceeded"), "interrupted": ("KeyboardInterrupt", "interrupted")}
 
 
@@ -60,8 +70,9 @@ class Capture:
 class Execution:
     """The one execution in flight: its deadline, how it was stopped, and what it printed."""
 
-    def __init__(self, request_id: Any, deadline: float, stream: bool) -> None:
+    def __init__(self, request_id: Any, deadline: float, stream: bool, worker: Worker) -> None:
         self.request_id = request_id
+        self.worker = worker
         self.deadline = deadline
         self.stream = stream
         self.started = time.monotonic()
@@ -72,16 +83,18 @@ class Execution:
 
 
 class Worker:
-    """A worker process, forked from this one (its modules are already imported), and the four pipes to it."""
+    """A worker process and the four pipes to it: forked from this one for Python (its modules are already
+    imported), Node.js executed in the fork for TypeScript."""
 
-    def __init__(self) -> None:
+    def __init__(self, language: str = "python") -> None:
+        self.language = language
         cmd_r, self.cmd_w = os.pipe()
         self.evt_r, evt_w = os.pipe()
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:
-            serve_in_child(cmd_r, evt_w, out_w, err_w)
+            serve_in_child(cmd_r, evt_w, out_w, err_w, language)
         for fd in (cmd_r, evt_w, out_w, err_w):
             os.close(fd)
         for fd in (self.out_r, self.err_r):
@@ -109,8 +122,9 @@ class Worker:
             os.close(fd)
 
 
-def serve_in_child(cmd_r: int, evt_w: int, out_w: int, err_w: int) -> None:
+def serve_in_child(cmd_r: int, evt_w: int, out_w: int, err_w: int, language: str) -> None:
     """In the forked child: a new session, fd 1/2 on the capture pipes, nothing else of the supervisor's open."""
+    status = 0
     try:
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -120,9 +134,19 @@ def serve_in_child(cmd_r: int, evt_w: int, out_w: int, err_w: int) -> None:
         os.closerange(3, keep[0])
         os.closerange(keep[0] + 1, keep[1])
         os.closerange(keep[1] + 1, 65536)
+        if language == "typescript":
+            status = 127  # what remains if exec fails
+            for fd in keep:
+                os.set_inheritable(fd, True)
+            os.execv(NODE, [NODE, *NODE_FLAGS, NODE_WORKER, str(cmd_r), str(evt_w)])  # noqa: S606 - fixed argv
         worker.main(cmd_r, evt_w, MAX_FRAME)
     finally:
-        os._exit(0)
+        os._exit(status)
+
+
+def typescript_available() -> bool:
+    """Whether this image has the TypeScript runtime (it is left out of a Python-only build)."""
+    return os.access(NODE, os.X_OK) and os.path.isfile(NODE_WORKER)
 
 
 def kill_strays(keep: set[int]) -> None:
@@ -171,10 +195,11 @@ class Supervisor:
         self.inbox = LineReader(MAX_FRAME)
         self.execution: Execution | None = None
         self.pending: Message | None = None
-        self.forwarded: dict[int, Any] = {}
+        self.forwarded: dict[int, tuple[Worker, Any]] = {}
         self.next_id = 0
         self.running = True
-        self.worker = self._start_worker()
+        self.worker = self._start_worker("python")
+        self.node: Worker | None = None  # started by the first TypeScript execution
         self.selector.register(sock, selectors.EVENT_READ, self._on_controller)
 
     # --- the controller side -------------------------------------------------------------------------------------
@@ -215,9 +240,9 @@ class Supervisor:
             elif isinstance(message.get("method"), str):
                 self._on_request(message)
             elif isinstance(message.get("id"), int) and message["id"] in self.forwarded:
-                call_id = self.forwarded.pop(message["id"])
+                worker, call_id = self.forwarded.pop(message["id"])
                 reply = {"type": "reply", "id": call_id, "result": message.get("result"), "error": message.get("error")}
-                self.worker.send(reply)
+                worker.send(reply)
 
     def _on_request(self, message: Message) -> None:
         method, request_id = message["method"], message.get("id")
@@ -225,6 +250,10 @@ class Supervisor:
         if method == "execute":
             if self.execution is not None or self.pending is not None:
                 self.reply_error(request_id, -32002, "an execution is already running")
+            elif params.get("language", "python") not in ("python", "typescript"):
+                self.reply_error(request_id, -32602, f"unknown language {params.get('language')!r}")
+            elif params.get("language") == "typescript" and not typescript_available():
+                self.reply_error(request_id, NO_TYPESCRIPT, "this sandbox image has no TypeScript runtime")
             else:
                 self.pending = {"id": request_id, **params}
                 self._dispatch()
@@ -233,7 +262,9 @@ class Supervisor:
                 self._stop(self.execution, "interrupted")
             self.reply(request_id, {"interrupted": self.execution is not None})
         elif method == "reset":
-            self._replace_worker()
+            self._replace_worker(self.worker)
+            if self.node is not None:
+                self._replace_worker(self.node)
             self.reply(request_id, {"reset": True})
         elif method == "ping":
             self.reply(request_id, {"pid": os.getpid(), "worker_ready": self.worker.ready})
@@ -243,13 +274,18 @@ class Supervisor:
     # --- executions ----------------------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        if self.pending is None or not self.worker.ready:
+        if self.pending is None:
+            return
+        worker = self.worker
+        if self.pending.get("language") == "typescript":
+            worker = self.node = self.node or self._start_worker("typescript")
+        if not worker.ready:
             return
         request, self.pending = self.pending, None
         timeout = float(request.get("timeout_s") or 30.0)
-        self.execution = Execution(request["id"], time.monotonic() + timeout, bool(request.get("stream")))
+        self.execution = Execution(request["id"], time.monotonic() + timeout, bool(request.get("stream")), worker)
         traceparent = request.get("traceparent")
-        self.worker.send(
+        worker.send(
             {
                 "type": "execute",
                 "id": request["id"],
@@ -264,7 +300,7 @@ class Supervisor:
         execution.stop_reason = reason
         execution.kill_at = time.monotonic() + KILL_GRACE_S
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.worker.pid, signal.SIGINT)
+            os.kill(execution.worker.pid, signal.SIGINT)
 
     def _finish(self, error: Message | None, result: Any, state_reset: bool) -> None:
         if self.execution is None:
@@ -275,7 +311,7 @@ class Supervisor:
             error_type, message = STOPS[execution.stop_reason]
             traceback = (error or {}).get("traceback", "")
             error = {"kind": execution.stop_reason, "type": error_type, "message": message, "traceback": traceback}
-        kill_strays({1, os.getpid(), self.worker.pid})
+        kill_strays({1, os.getpid(), *(worker.pid for worker in (self.worker, self.node) if worker is not None)})
         self.reply(
             execution.request_id,
             {
@@ -296,7 +332,7 @@ class Supervisor:
         now = time.monotonic()
         if execution.kill_at is not None:
             if now >= execution.kill_at:
-                self._on_worker_death(killed=True)
+                self._on_worker_death(execution.worker, killed=True)
                 return None
             return execution.kill_at - now
         if now >= execution.deadline:
@@ -306,56 +342,69 @@ class Supervisor:
 
     # --- the worker side -----------------------------------------------------------------------------------------
 
-    def _start_worker(self) -> Worker:
-        worker = Worker()
-        self.selector.register(worker.evt_r, selectors.EVENT_READ, self._on_worker_event)
-        self.selector.register(worker.out_r, selectors.EVENT_READ, self._on_output)
-        self.selector.register(worker.err_r, selectors.EVENT_READ, self._on_output)
+    def _start_worker(self, language: str) -> Worker:
+        worker = Worker(language)
+        self.selector.register(worker.evt_r, selectors.EVENT_READ, functools.partial(self._on_worker_event, worker))
+        for fd, name in ((worker.out_r, "stdout"), (worker.err_r, "stderr")):
+            self.selector.register(fd, selectors.EVENT_READ, functools.partial(self._on_output, worker, name))
         return worker
 
-    def _replace_worker(self) -> None:
-        self.worker.kill()
-        for fd in (self.worker.evt_r, self.worker.out_r, self.worker.err_r):
+    def _replace_worker(self, worker: Worker) -> None:
+        worker.kill()
+        for fd in (worker.evt_r, worker.out_r, worker.err_r):
             if fd in self.selector.get_map():
                 self.selector.unregister(fd)
-        self.worker.close()
-        self.worker = self._start_worker()
+        worker.close()
+        for call_id in [call_id for call_id, (caller, _) in self.forwarded.items() if caller is worker]:
+            del self.forwarded[call_id]
+        if worker is self.worker:
+            self.worker = self._start_worker("python")
+        else:
+            self.node = self._start_worker("typescript")
 
-    def _on_worker_event(self, fd: int) -> None:
+    def _on_worker_event(self, worker: Worker, fd: int) -> None:
         data = os.read(fd, READ_SIZE)
         if not data:
-            self._on_worker_death(killed=False)
+            self._on_worker_death(worker, killed=False)
             return
         try:
-            events = self.worker.events.feed(data)
+            events = worker.events.feed(data)
         except FrameTooLarge:
-            self._on_worker_death(killed=True)
+            self._on_worker_death(worker, killed=True)
             return
         for event in events:
             if event is not None:
-                self._on_event(event)
+                self._on_event(worker, event)
 
-    def _on_event(self, event: Message) -> None:
+    def _on_event(self, worker: Worker, event: Message) -> None:
         kind = event.get("type")
+        execution = self.execution
         if kind == "ready":
-            self.worker.ready = True
+            worker.ready = True
             self._dispatch()
-        elif kind == "done" and self.execution is not None and event.get("id") == self.execution.request_id:
+        elif (
+            kind == "done"
+            and execution is not None
+            and execution.worker is worker
+            and event.get("id") == execution.request_id
+        ):
             error = event.get("error")
             if error is not None:
                 error = {"kind": "exception", **error}
             self._finish(error, event.get("result"), state_reset=False)
         elif kind == "call" and event.get("method") in FORWARDED_METHODS:
             self.next_id += 1
-            self.forwarded[self.next_id] = event.get("id")
+            self.forwarded[self.next_id] = (worker, event.get("id"))
             self.send({"id": self.next_id, "method": event["method"], "params": event.get("params")})
 
-    def _on_worker_death(self, *, killed: bool) -> None:
-        worker = self.worker
+    def _on_worker_death(self, worker: Worker, *, killed: bool) -> None:
         status = worker.kill()
-        if not worker.ready:
+        if not worker.ready and worker is self.worker:
             raise SystemExit(f"mcpx runtime: the interpreter failed to start ({describe_status(status)})")
-        if self.execution is not None:
+        if not worker.ready:
+            self._discard_node(f"the TypeScript runtime failed to start ({describe_status(status)})")
+            return
+        if self.execution is not None and self.execution.worker is worker:
             if killed:
                 error = None  # _finish describes a stop it caused itself
             elif oom_kill_count() > worker.oom_kills:
@@ -373,11 +422,21 @@ class Supervisor:
                     "traceback": "",
                 }
             self._finish(error, None, state_reset=True)
-        for call_id in list(self.forwarded):
-            self.forwarded.pop(call_id)
-        self._replace_worker()
+        self._replace_worker(worker)
 
-    def _on_output(self, fd: int) -> None:
+    def _discard_node(self, message: str) -> None:
+        """Give up on a Node worker that never became ready: its pending execution fails, the next one retries."""
+        node, self.node = self.node, None
+        if node is not None:
+            for fd in (node.evt_r, node.out_r, node.err_r):
+                if fd in self.selector.get_map():
+                    self.selector.unregister(fd)
+            node.close()
+        if self.pending is not None and self.pending.get("language") == "typescript":
+            request, self.pending = self.pending, None
+            self.reply_error(request["id"], NO_TYPESCRIPT, message)
+
+    def _on_output(self, worker: Worker, name: str, fd: int) -> None:
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
@@ -386,16 +445,20 @@ class Supervisor:
             self.selector.unregister(fd)
             return
         execution = self.execution
-        if execution is None:
-            return  # output of a background process between executions belongs to nobody
-        name = "stdout" if fd == self.worker.out_r else "stderr"
+        if execution is None or execution.worker is not worker:
+            return  # output of a background process between executions (or of the other worker) belongs to nobody
         text = getattr(execution, name).add(data)
         if execution.stream and text:
             self.send({"method": "output", "params": {"id": execution.request_id, "stream": name, "text": text}})
 
     def _drain(self) -> None:
         """Collect what the worker wrote before it reported, so no output moves to the next execution."""
-        for fd in (self.worker.out_r, self.worker.err_r):
+        if self.execution is None:
+            return
+        for fd, capture in (
+            (self.execution.worker.out_r, self.execution.stdout),
+            (self.execution.worker.err_r, self.execution.stderr),
+        ):
             while True:
                 try:
                     data = os.read(fd, READ_SIZE)
@@ -403,9 +466,7 @@ class Supervisor:
                     break
                 if not data:
                     break
-                if self.execution is not None:
-                    name = "stdout" if fd == self.worker.out_r else "stderr"
-                    getattr(self.execution, name).add(data)
+                capture.add(data)
 
     def _disconnected(self) -> None:
         """The controller went away (a restart, or the end): keep the interpreter and wait for it to return."""
@@ -416,8 +477,8 @@ class Supervisor:
             self.lost_at = time.monotonic()
             self.inbox = LineReader(MAX_FRAME)
             lost = {"code": -32000, "message": "the controller connection was lost"}
-            for call_id in self.forwarded.values():
-                self.worker.send({"type": "reply", "id": call_id, "result": None, "error": lost})
+            for worker, call_id in self.forwarded.values():
+                worker.send({"type": "reply", "id": call_id, "result": None, "error": lost})
             self.forwarded.clear()
 
     def _reconnect(self) -> float | None:
@@ -449,7 +510,9 @@ class Supervisor:
                 key.data(key.fd)
                 if not self.running:
                     break
-        self.worker.kill()
+        for each in (self.worker, self.node):
+            if each is not None:
+                each.kill()
 
 
 def describe_status(status: int) -> str:

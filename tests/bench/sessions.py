@@ -23,6 +23,7 @@ RUNTIMES = ("runsc", "runc")
 WARMUP = 3
 ROUND_TRIP_WARMUP = 20
 CODE = "print(1)"
+CODES = {"python": CODE, "typescript": "console.log(1)"}
 REQUEST_TIMEOUT_S = 60.0
 
 T = TypeVar("T")
@@ -77,12 +78,13 @@ class Bench:
             raise RuntimeError(f"creating a {runtime} session failed: {response.status_code} {response.text}")
         return str(response.json()["id"])
 
-    def execute(self, session_id: str) -> str:
-        response = self.api.post(f"/v1/sessions/{session_id}/executions", json={"code": CODE})
+    def execute(self, session_id: str, language: str = "python") -> str:
+        body = {"code": CODES[language], "language": language}
+        response = self.api.post(f"/v1/sessions/{session_id}/executions", json=body)
         response.raise_for_status()
         result = response.json()
         if result["error"] is not None:
-            raise RuntimeError(f"print(1) failed: {result['error']}")
+            raise RuntimeError(f"{CODES[language]} failed: {result['error']}")
         expect_one(result["stdout"])
         return session_id
 
@@ -114,11 +116,26 @@ class Bench:
             samples += timed(sample, 1, 0, after=self.delete)
         return samples
 
-    def round_trip(self, runtime: str, runs: int) -> list[float]:
+    def round_trip(self, runtime: str, runs: int, language: str = "python") -> list[float]:
         session_id = self.create(runtime)
-        samples = timed(lambda: self.execute(session_id), runs, ROUND_TRIP_WARMUP)
+        samples = timed(lambda: self.execute(session_id, language), runs, ROUND_TRIP_WARMUP)
         self.delete(session_id)
         return samples
+
+    def first_typescript(self, runtime: str, runs: int) -> list[float]:
+        """A session's first TypeScript execution, which starts its Node.js worker (the session exists already)."""
+        samples = []
+        for _ in range(runs):
+            session_id = self.execute(self.create(runtime))
+            samples += timed(lambda: self.execute(session_id, "typescript"), 1, 0)  # noqa: B023 - called at once
+            self.delete(session_id)
+        return samples
+
+    def has_typescript(self) -> bool:
+        session_id = self.create(RUNTIMES[-1])
+        response = self.api.post(f"/v1/sessions/{session_id}/executions", json={"code": "1", "language": "typescript"})
+        self.delete(session_id)
+        return response.status_code == 200
 
     def docker_run(self, runtime: str, runs: int) -> list[float]:
         command = ["run", "--rm", "--runtime", runtime, "--network", "none", "--label", self.label]
@@ -140,6 +157,7 @@ WARM_POOL = 2
 
 def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int) -> list[Row]:
     rows = []
+    typescript = bench.has_typescript()  # an image built with TYPESCRIPT=0 has no TypeScript rows
     for runtime in RUNTIMES:
         round_trip = Row("execution round trip", runtime, bench.round_trip(runtime, round_trips))
         docker_exec = Row("docker exec python3", runtime, bench.docker_exec(runtime, runs))
@@ -151,6 +169,11 @@ def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int) -> list
             Row("docker run --rm python3", runtime, bench.docker_run(runtime, docker_runs)),
             docker_exec,
         ]
+        if typescript:
+            rows += [
+                Row("TS execution round trip", runtime, bench.round_trip(runtime, round_trips, "typescript")),
+                Row("first TS exec (node start)", runtime, bench.first_typescript(runtime, runs)),
+            ]
     return rows
 
 

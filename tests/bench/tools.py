@@ -56,6 +56,21 @@ for _ in range({runs}):
 size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 {{"durations_ms": durations, "result_bytes": size}}
 """
+# The same from TypeScript, in a function: its declarations must not clash with the next cell's.
+TS_SEQUENTIAL = """\
+import {{ {tool} }} from "servers/{server}";
+await (async () => {{
+  for (let i = 0; i < {warmup}; i++) await {tool}({arguments});
+  const durations: number[] = [];
+  let value: unknown;
+  for (let i = 0; i < {runs}; i++) {{
+    const started = performance.now();
+    value = await {tool}({arguments});
+    durations.push(Math.round((performance.now() - started) * 10000) / 10000);
+  }}
+  return {{ durations_ms: durations, result_bytes: Buffer.byteLength(JSON.stringify(value)) }};
+}})()
+"""
 THREADS = """\
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -174,12 +189,10 @@ class SandboxBench:
         self.session_id = session_id
         self.runtime = runtime
 
-    def run(self, code: str) -> tuple[Any, list[float]]:
+    def run(self, code: str, language: str = "python") -> tuple[Any, list[float]]:
         """The cell's value, and the controller's upstream milliseconds of each tool call it made."""
-        response = self.api.post(
-            f"/v1/sessions/{self.session_id}/executions",
-            json={"code": code, "timeout_s": EXECUTION_TIMEOUT_S, "max_output_tokens": MAX_OUTPUT_TOKENS},
-        )
+        body = {"code": code, "timeout_s": EXECUTION_TIMEOUT_S, "max_output_tokens": MAX_OUTPUT_TOKENS}
+        response = self.api.post(f"/v1/sessions/{self.session_id}/executions", json={**body, "language": language})
         response.raise_for_status()
         reply = response.json()
         if reply["error"] is not None:
@@ -189,13 +202,20 @@ class SandboxBench:
             raise RuntimeError(f"{len(failed)} tool calls failed on {self.runtime}, e.g. {failed[0]}")
         return reply["result"], [float(call["ms"]) for call in reply["tool_calls"]]
 
-    def sequential(self, tool: tuple[str, str, dict[str, Any]], runs: int, warmup: int) -> Latency:
+    def sequential(
+        self, tool: tuple[str, str, dict[str, Any]], runs: int, warmup: int, language: str = "python"
+    ) -> Latency:
         server, name, arguments = tool
-        code = SEQUENTIAL.format(server=server, tool=name, arguments=arguments, runs=runs, warmup=warmup)
-        value, upstream = self.run(code)
+        if language == "typescript":
+            code = TS_SEQUENTIAL.format(server=server, tool=name, arguments=json.dumps(arguments), runs=runs,
+                                        warmup=warmup)  # fmt: skip
+        else:
+            code = SEQUENTIAL.format(server=server, tool=name, arguments=arguments, runs=runs, warmup=warmup)
+        value, upstream = self.run(code, language)
         if not isinstance(value, dict) or len(value.get("durations_ms", ())) != runs:
             raise RuntimeError(f"expected {runs} durations, got {str(value)[:200]!r}")
-        return Latency(tool_name(tool), self.runtime, value["durations_ms"], value["result_bytes"], upstream[warmup:])
+        path = self.runtime + (" ts" if language == "typescript" else "")
+        return Latency(tool_name(tool), path, value["durations_ms"], value["result_bytes"], upstream[warmup:])
 
     def concurrent(self, mode: str, template: str, tool: tuple[str, str, dict[str, Any]], runs: int) -> Throughput:
         server, name, arguments = tool
@@ -244,6 +264,14 @@ def expect_servers(api: httpx.Client) -> None:
         raise RuntimeError(f"the MCP servers did not come up: {listing['unavailable']}")
 
 
+def has_typescript(api: httpx.Client) -> bool:
+    """Whether the image runs TypeScript (one built with TYPESCRIPT=0 does not: its rows are left out)."""
+    session_id = api.post("/v1/sessions", json={"runtime": RUNTIMES[-1]}).json()["id"]
+    response = api.post(f"/v1/sessions/{session_id}/executions", json={"code": "1", "language": "typescript"})
+    api.delete(f"/v1/sessions/{session_id}")
+    return response.status_code == 200
+
+
 def measure(api: httpx.Client, runs: int, warmup: int, large_runs: int) -> tuple[list[Latency], list[Throughput]]:
     time_server = StdioServerParameters(command=str(TIME_SERVER))
     latencies = [
@@ -251,6 +279,7 @@ def measure(api: httpx.Client, runs: int, warmup: int, large_runs: int) -> tuple
         anyio.run(direct_calls, DOCSTORE, LARGE, large_runs, LARGE_WARMUP),
     ]
     throughputs = []
+    typescript = has_typescript(api)
     for runtime in RUNTIMES:
         response = api.post("/v1/sessions", json={"runtime": runtime, "timeout_s": EXECUTION_TIMEOUT_S})
         if response.status_code != 201:
@@ -260,6 +289,9 @@ def measure(api: httpx.Client, runs: int, warmup: int, large_runs: int) -> tuple
             bench = SandboxBench(api, session_id, runtime)
             latencies.append(bench.sequential(SMALL, runs, warmup))
             latencies.append(bench.sequential(LARGE, large_runs, LARGE_WARMUP))
+            if typescript:
+                latencies.append(bench.sequential(SMALL, runs, warmup, "typescript"))
+                latencies.append(bench.sequential(LARGE, large_runs, LARGE_WARMUP, "typescript"))
             throughputs.append(bench.concurrent(f"{CONCURRENCY} threads", THREADS, SMALL, runs))
             throughputs.append(bench.concurrent(f"asyncio.gather x{CONCURRENCY}", GATHER, SMALL, runs))
         finally:
@@ -272,7 +304,7 @@ def overheads(latencies: list[Latency]) -> list[Overhead]:
     return [
         Overhead(row.tool, row.path, row.p50_ms, direct[row.tool].p50_ms, row.result_bytes)
         for row in latencies
-        if row.path in RUNTIMES
+        if row.path != "direct mcp"
     ]
 
 
