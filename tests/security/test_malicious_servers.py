@@ -60,6 +60,8 @@ STUB_AUDIT = textwrap.dedent(
     for directory, _, names in os.walk("/tools"):
         for name in names:
             path = os.path.join(directory, name)
+            if name.endswith(".ts"):
+                continue  # the TypeScript stubs: parsed and vetted statement by statement in tests/test_tsstubs.py
             if not name.endswith(".py"):
                 other.append(path)
                 continue
