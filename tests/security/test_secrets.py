@@ -107,6 +107,8 @@ def test_the_sandbox_container_configuration_holds_no_credential(
         "MCPX_MAX_FRAME",
         "MCPX_MAX_OUTPUT",
         "MCPX_KILL_GRACE_S",
+        "MCPX_RECONNECT_S",
+        "MCPX_EXPIRES_AT",
     }, names
 
 
