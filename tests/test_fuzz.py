@@ -45,7 +45,12 @@ OPERATIONS = [
     "GET /v1/tools/{server}/{tool}",
 ]
 # Only a body or a query can break the schema: path parameters and headers are strings of any content.
-WITH_BODY_OR_QUERY = ["POST /v1/sessions", "POST /v1/sessions/{session_id}/executions", "GET /v1/tools/search"]
+WITH_BODY_OR_QUERY = [
+    "POST /v1/sessions",
+    "POST /v1/sessions/{session_id}/executions",
+    "GET /v1/tools/search",
+    "GET /v1/tools/{server}/{tool}",
+]
 CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance"]
 JSON_ONLY = {"accept": "application/json"}  # the text/event-stream variant of executions is not fuzzed
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None)
