@@ -103,7 +103,13 @@ def test_the_audit_log_records_what_happened_without_argument_values(
     execute(api, session, "from mcpx_runtime.tools import call_tool\ncall_tool('time', 'get_current_time', {})")
     execute(api, session, "import ctypes")
     execute(api, session, "while True:\n    pass", timeout_s=1)
-    execute(api, session, "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('/run/mcpx/bridge.sock')")
+    forged_answer = b'{"jsonrpc": "2.0", "id": 1, "result": "forged"}\n'
+    execute(
+        api,
+        session,
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('/run/mcpx/bridge.sock')\n"
+        f"s.sendall({forged_answer!r})\ns.recv(1000)",
+    )
     api.delete(f"/v1/sessions/{session}")
     events = audit_events(settings, session)
     names = [event["event"] for event in events]
