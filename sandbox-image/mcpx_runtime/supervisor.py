@@ -77,6 +77,7 @@ class Execution:
         self.stream = stream
         self.started = time.monotonic()
         self.stop_reason: str | None = None
+        self.orphaned = False  # asked for on a connection since lost: nobody waits for its reply
         self.kill_at: float | None = None
         self.stdout = Capture()
         self.stderr = Capture()
@@ -312,6 +313,8 @@ class Supervisor:
             traceback = (error or {}).get("traceback", "")
             error = {"kind": execution.stop_reason, "type": error_type, "message": message, "traceback": traceback}
         kill_strays({1, os.getpid(), *(worker.pid for worker in (self.worker, self.node) if worker is not None)})
+        if execution.orphaned:
+            return
         self.reply(
             execution.request_id,
             {
@@ -476,6 +479,9 @@ class Supervisor:
             self.sock = None
             self.lost_at = time.monotonic()
             self.inbox = LineReader(MAX_FRAME)
+            self.pending = None
+            if self.execution is not None:
+                self.execution.orphaned, self.execution.stream = True, False
             lost = {"code": -32000, "message": "the controller connection was lost"}
             for worker, call_id in self.forwarded.values():
                 worker.send({"type": "reply", "id": call_id, "result": None, "error": lost})
