@@ -109,6 +109,11 @@ class Bridge:
         finally:
             self._pending.pop(request_id, None)
 
+    async def notify(self, method: str, params: Params) -> None:
+        """Send a notification to the sandbox if one is connected; a failure to deliver is not an error."""
+        if self._writer is not None:
+            await self._send_quietly(self._writer, {"method": method, "params": params})
+
     async def disconnect(self) -> None:
         """Drop the current connections (their sandbox is being replaced)."""
         for writer in [self._writer, *self._callers]:

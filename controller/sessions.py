@@ -274,6 +274,7 @@ class SessionManager:
         self.runtimes: set[str] = set()
         self.runtime = "runc"
         self._reaper: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._unbilled: set[asyncio.Task[ToolCall]] = set()  # calls answered after their execution ended
         telemetry.gauge("mcpx.sessions.active", "Sessions open now", lambda: len(self.sessions))
         telemetry.gauge("mcpx.pool.size", "Warm sandboxes ready to be claimed", lambda: len(self.pool))
@@ -306,6 +307,7 @@ class SessionManager:
         self.runtime = choose_runtime(self.runtimes, self.settings.runtime, self.settings.require_gvisor)
         await self._recover()
         self._reaper = asyncio.create_task(self._reap_forever())
+        self._keeper = asyncio.create_task(self._keep_alive_forever())
         if self.settings.warm_pool_size:
             self.catalog.listeners.append(lambda _snapshot: self._refill.set())
             self._filler = asyncio.create_task(self._fill_pool())
@@ -364,7 +366,7 @@ class SessionManager:
     async def close(self) -> None:
         """Let running executions finish (up to `drain_timeout_s`), then remove every sandbox, or leave the
         sessions' sandboxes to the next start under `handover`."""
-        for task in (self._reaper, self._filler):
+        for task in (self._reaper, self._keeper, self._filler):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -904,6 +906,15 @@ class SessionManager:
             "MCPX_KILL_GRACE_S": str(self.settings.kill_grace_s),
             "MCPX_RECONNECT_S": str(self.settings.reconnect_s),
         }
+
+    async def _keep_alive_forever(self) -> None:
+        """Tell every sandbox, a few times per reconnect window, that its controller still runs: a sandbox that
+        hears nothing for that long (its controller frozen, or gone) ends itself."""
+        while True:
+            await asyncio.sleep(self.settings.reconnect_s / 3)
+            await asyncio.gather(
+                *(session.bridge.notify("keepalive", {}) for session in [*self.sessions.values(), *self.pool])
+            )
 
     async def _reap_forever(self) -> None:
         while True:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import docker
@@ -194,10 +195,18 @@ def test_a_sandbox_ends_itself_when_its_controller_is_frozen_or_gone(
         return any(container.status == "running" for container in found)
 
     try:
-        frozen = serve(tmp_path, port, controller_id, max_age_s="4", reconnect_s="1")
+        aged_out = serve(tmp_path, port, controller_id, max_age_s="4")
         aged = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", timeout=60).json()["id"]
-        frozen.send_signal(signal.SIGSTOP)  # alive, connection open, reaper stuck: the max age still holds
+        aged_out.send_signal(signal.SIGSTOP)  # alive, connection open, reaper stuck: the max age still holds
         wait_until(lambda: not running(aged), 20, "the sandbox past its max age to end itself")
+        aged_out.send_signal(signal.SIGKILL)
+        aged_out.wait()
+        frozen = serve(tmp_path, port, controller_id, reconnect_s="2")
+        silenced = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", timeout=60).json()["id"]
+        time.sleep(3)
+        assert running(silenced), "keepalives keep a quiet session's sandbox alive"
+        frozen.send_signal(signal.SIGSTOP)  # no more keepalives on an open connection
+        wait_until(lambda: not running(silenced), 15, "the sandbox of a frozen controller to end itself")
         frozen.send_signal(signal.SIGKILL)
         frozen.wait()
         gone = serve(tmp_path, port, controller_id, reconnect_s="1")
@@ -207,7 +216,7 @@ def test_a_sandbox_ends_itself_when_its_controller_is_frozen_or_gone(
         assert running(orphan)
         wait_until(lambda: not running(orphan), 15, "the orphaned sandbox to end itself")
         last = serve(tmp_path, port, controller_id)  # reaps what the ended sandboxes left, workspaces included
-        for session in (aged, orphan):
+        for session in (aged, silenced, orphan):
             assert httpx.get(f"http://127.0.0.1:{port}/v1/sessions/{session}").status_code == 404
         assert containers_of(docker_client, f"mcpx.controller={controller_id}") == []
         last.send_signal(signal.SIGTERM)

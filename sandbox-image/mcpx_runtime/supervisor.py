@@ -27,7 +27,8 @@ from mcpx_runtime.wire import FrameTooLarge, LineReader, Message, encode
 MAX_FRAME = int(os.environ.get("MCPX_MAX_FRAME", str(16 * 1024 * 1024)))
 MAX_OUTPUT = int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024)))
 KILL_GRACE_S = float(os.environ.get("MCPX_KILL_GRACE_S", "1.0"))
-# A lost controller connection is retried this long (a restarted controller re-adopts the sandbox), then it exits.
+# A lost controller connection is retried this long (a restarted controller re-adopts the sandbox), then it exits;
+# so does a connection that carries nothing for this long (the controller sends keepalives: it is frozen).
 RECONNECT_S = float(os.environ.get("MCPX_RECONNECT_S", "30"))
 RECONNECT_EVERY_S = 0.1
 # The sandbox's end of life (Unix time), whatever happens to the controller; 0: none.
@@ -192,6 +193,7 @@ class Supervisor:
         self.sock: socket.socket | None = sock
         self.path = path
         self.lost_at = 0.0
+        self.heard = time.monotonic()
         self.selector = selectors.DefaultSelector()
         self.inbox = LineReader(MAX_FRAME)
         self.execution: Execution | None = None
@@ -229,6 +231,7 @@ class Supervisor:
         if not data:
             self._disconnected()
             return
+        self.heard = time.monotonic()
         try:
             messages = self.inbox.feed(data)
         except FrameTooLarge:
@@ -498,7 +501,7 @@ class Supervisor:
         except OSError:
             sock.close()
             return RECONNECT_EVERY_S
-        self.sock = sock
+        self.sock, self.heard = sock, time.monotonic()
         self.selector.register(sock, selectors.EVENT_READ, self._on_controller)
         return None
 
@@ -506,7 +509,12 @@ class Supervisor:
         while self.running:
             if EXPIRES_AT and time.time() >= EXPIRES_AT:
                 break
+            silence = time.monotonic() - self.heard
+            if self.sock is not None and silence > RECONNECT_S:
+                break
             waits = [self.tick(), EXPIRES_AT - time.time() if EXPIRES_AT else None]
+            if self.sock is not None:
+                waits.append(RECONNECT_S - silence)
             if self.sock is None:
                 waits.append(self._reconnect())
                 if not self.running:
