@@ -33,6 +33,7 @@ DOCSTORE = StdioServerParameters(command=sys.executable, args=["-m", "controller
 SMALL = ("time", "get_current_time", {"timezone": "UTC"})
 LARGE = ("docstore", "get_document", {"document_id": "transcript-01"})
 CONCURRENCY = 8
+EXECUTIONS_PER_SESSION = 6
 LARGE_WARMUP = 3
 EXECUTION_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = EXECUTION_TIMEOUT_S + 30.0
@@ -252,7 +253,8 @@ def roomy_policy(runs: int, warmup: int, large_runs: int) -> Policy:
     per_execution = max(runs, large_runs) + max(warmup, LARGE_WARMUP, 4 * CONCURRENCY) + CONCURRENCY
     return Policy(
         max_tool_calls_per_execution=per_execution,
-        max_tool_calls=4 * per_execution,
+        # One session runs every measurement: six executions of calls (Python and TypeScript, plain and concurrent).
+        max_tool_calls=EXECUTIONS_PER_SESSION * per_execution,
         max_result_bytes_per_execution=max(Policy().max_result_bytes_per_execution, per_execution * 1024 * 1024),
     )
 
