@@ -811,7 +811,6 @@ class SessionManager:
             outcome = await self.catalog.call(server, tool, arguments, self.telemetry.traceparent())
         finally:
             session.calls_in_flight -= 1
-        self.telemetry.tool_called(server, tool, time.monotonic() - started, outcome.kind or None)
         elapsed = round((time.monotonic() - started) * 1000, 3)
         current = session.trace == trace  # an answer outliving its execution is not billed to the next one
         if current:
@@ -842,9 +841,10 @@ class SessionManager:
         elapsed: float,
         trace: str,
     ) -> ToolCall:
-        """Audit a finished call and count its tokens after its reply was sent: the sandbox does not wait for the
-        counting (its execution's response does)."""
+        """Measure, audit and count the tokens of a finished call after its reply was sent: the sandbox does not
+        wait for any of it (its execution's response does)."""
         ok = outcome.error is None
+        self.telemetry.tool_called(server, tool, elapsed / 1000, outcome.kind or None)
         self.audit.record(
             "tool.called", session=session.id, trace=trace, ok=ok, kind=outcome.kind or None, ms=elapsed,
             bytes=outcome.size, server=server, tool=tool,

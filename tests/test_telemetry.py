@@ -241,6 +241,31 @@ def test_traceparents_are_parsed_strictly():
     assert child_of(good, "") == ""
 
 
+def test_without_an_exporter_no_span_is_recorded_yet_the_context_flows_on():
+    telemetry = Telemetry("test")
+    assert not telemetry.recording
+    caller_trace, caller_span, _ = CALLER.split("-")[1:]
+    record = logging.LogRecord("controller.x", logging.INFO, __file__, 1, "hello", (), None)
+    with telemetry.span("execution", {"mcpx.session": "s"}, CALLER) as execution:
+        outer = parse_traceparent(telemetry.traceparent())
+        with telemetry.span("tool_call", {"tool": "t"}):
+            inner = parse_traceparent(telemetry.traceparent())
+            logged = json.loads(JsonFormatter().format(record))
+    assert not execution.is_recording()
+    # The caller's trace and sampling flag continue through each level, every span with an id of its own.
+    assert outer is not None and inner is not None
+    assert outer[0] == inner[0] == caller_trace and outer[2] == inner[2] == "01"
+    assert len({caller_span, outer[1], inner[1]}) == 3
+    assert (logged["trace_id"], logged["span_id"]) == (inner[0], inner[1])
+    with telemetry.span("execution", {}, CALLER[:-2] + "00"):
+        assert telemetry.traceparent().endswith("-00")
+    with telemetry.span("execution", {}):
+        root = parse_traceparent(telemetry.traceparent())
+    assert root is not None and root[0] != caller_trace and root[2] == "01"
+    assert telemetry.traceparent() == ""
+    telemetry.shutdown()
+
+
 class Collector(BaseHTTPRequestHandler):
     received: ClassVar[list[tuple[str, str, int]]] = []
 

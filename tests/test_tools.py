@@ -83,6 +83,28 @@ def test_stubs_are_callable_from_threads(api: httpx.Client, new_session: Session
     assert result == [f"Echo: {i}" for i in range(8)]
 
 
+def test_a_forked_child_calls_tools_on_a_connection_of_its_own(api: httpx.Client, new_session: SessionFactory):
+    code = (
+        "import os, threading, time\n"
+        "from mcpx_runtime.tools import call_tool\n"
+        "from servers.everything import echo\n"
+        "echo(message='parent')\n"
+        # A call in flight while the child is forked: its thread holds the connection's locks.
+        "slow = threading.Thread(target=call_tool, args=('hostile', 'sleep', {'s': 1.0}))\n"
+        "slow.start()\n"
+        "time.sleep(0.3)\n"
+        "read, write = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.write(write, echo(message='child').encode())\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "slow.join()\n"
+        "[os.read(read, 100).decode(), echo(message='after')]"
+    )
+    assert ok(api, new_session(), code) == ["Echo: child", "Echo: after"]
+
+
 def test_search_tools_finds_tools_without_reading_the_stubs(api: httpx.Client, new_session: SessionFactory):
     hits = ok(api, new_session(), "from servers import search_tools\nsearch_tools('current time timezone', limit=3)")
     assert hits[0]["import"] == "servers.time.get_current_time"

@@ -111,10 +111,14 @@ class Connection:
     def __init__(self, path: str, limit: int) -> None:
         self._path = path
         self._limit = limit
-        self._sock: socket.socket | None = None
-        self._owner = 0
-        self._inbox = LineReader(limit)
         self._ids = itertools.count(1)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Start afresh: at creation, and in a forked child, which needs a connection of its own (replies would go
+        to whoever reads first) and must not inherit its parent's calls or locks, held or not."""
+        self._sock: socket.socket | None = None
+        self._inbox = LineReader(self._limit)
         self._pending: dict[int, Future[Any]] = {}
         self._sending = threading.Lock()
         self._reading = threading.Lock()
@@ -182,11 +186,6 @@ class Connection:
                     self._changed.wait_for(lambda: future.done() or not self._reading.locked())
 
     def _socket(self) -> socket.socket:
-        if self._owner != os.getpid():
-            # A forked child gets a connection of its own (replies would go to whoever reads first) and forgets
-            # its parent's calls and locks.
-            self._sock, self._owner, self._pending, self._pumping = None, os.getpid(), {}, False
-            self._reading, self._changed = threading.Lock(), threading.Condition()
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._inbox = LineReader(self._limit)
@@ -238,6 +237,15 @@ def connect(path: str, limit: int) -> None:
     """Called once by the worker: where the controller listens."""
     global _connection
     _connection = Connection(path, limit)
+
+
+def _after_fork() -> None:
+    # A hook rather than a pid check per call: under gVisor one getpid() costs as much as the socket round trip.
+    if _connection is not None:
+        _connection._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _call(method: str, params: dict[str, Any]) -> tuple[Connection, Future[Any]]:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 Message = dict[str, Any]
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class FrameTooLarge(Exception):
@@ -14,7 +15,7 @@ class FrameTooLarge(Exception):
 
 def encode(message: Message) -> bytes:
     """Serialize one message as a single line; JSON escapes every newline inside strings."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _ENCODER.encode(message).encode() + b"\n"
 
 
 class LineReader:

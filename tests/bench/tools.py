@@ -3,7 +3,11 @@
 Usage: python tests/bench/tools.py --out .bench/tools.json   (image from MCPX_IMAGE)
 The sandbox code times its own calls with `time.perf_counter()` inside one execution, so neither the HTTP API nor
 the execution round trip is in the numbers. Prints a table of p50/p95/mean latency and calls/s per runtime and
-writes every sample, with host metadata, as JSON. Overhead is the sandbox p50 minus the direct SDK call's p50.
+writes every sample, with host metadata, as JSON.
+
+The paths are measured in rounds, taking turns: the direct SDK call, then each sandbox path, again and again. The
+MCP server's own latency drifts by a millisecond over a minute on a small host; overhead is therefore the median,
+over rounds, of a path's p50 minus the direct call's p50 in the same round.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import anyio
 import httpx
+from anyio.from_thread import start_blocking_portal
 from harness import controller, metadata, percentile, stop_on_sigterm
 from mcp import Client, StdioServerParameters
 from sessions import RUNTIMES
@@ -29,12 +34,13 @@ from controller.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME_SERVER = ROOT / ".servers" / "time" / "bin" / "mcp-server-time"
+TIME = StdioServerParameters(command=str(TIME_SERVER))
 DOCSTORE = StdioServerParameters(command=sys.executable, args=["-m", "controller.demo.docstore"], cwd=str(ROOT))
 SMALL = ("time", "get_current_time", {"timezone": "UTC"})
 LARGE = ("docstore", "get_document", {"document_id": "transcript-01"})
 CONCURRENCY = 8
-EXECUTIONS_PER_SESSION = 6
-LARGE_WARMUP = 3
+ROUNDS = 10
+LARGE_WARMUP = 1
 EXECUTION_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = EXECUTION_TIMEOUT_S + 30.0
 DIRECT_TIMEOUT_S = 300.0
@@ -108,6 +114,19 @@ class Latency:
     result_bytes: int
     # What the controller measured around its own MCP call for each of the same calls (sandbox paths only).
     upstream_ms: list[float]
+    # The p50 of each round's calls, in order.
+    round_p50s_ms: list[float]
+
+    def joined(self, other: Latency) -> Latency:
+        """This path's calls followed by a later round's."""
+        return Latency(
+            self.tool,
+            self.path,
+            self.samples_ms + other.samples_ms,
+            other.result_bytes,
+            self.upstream_ms + other.upstream_ms,
+            self.round_p50s_ms + other.round_p50s_ms,
+        )
 
     @property
     def p50_ms(self) -> float:
@@ -155,17 +174,16 @@ class Throughput:
 
 @dataclass
 class Overhead:
-    """What the sandbox path adds to a direct SDK call of the same tool, at the median."""
+    """What the sandbox path adds to a direct SDK call of the same tool, at the median: per round, and over all."""
 
     tool: str
     runtime: str
-    sandbox_p50_ms: float
-    direct_p50_ms: float
+    round_ms: list[float]
     result_bytes: int
 
     @property
     def ms(self) -> float:
-        return self.sandbox_p50_ms - self.direct_p50_ms
+        return statistics.median(self.round_ms)
 
 
 def tool_name(tool: tuple[str, str, dict[str, Any]]) -> str:
@@ -216,7 +234,10 @@ class SandboxBench:
         if not isinstance(value, dict) or len(value.get("durations_ms", ())) != runs:
             raise RuntimeError(f"expected {runs} durations, got {str(value)[:200]!r}")
         path = self.runtime + (" ts" if language == "typescript" else "")
-        return Latency(tool_name(tool), path, value["durations_ms"], value["result_bytes"], upstream[warmup:])
+        samples = value["durations_ms"]
+        return Latency(
+            tool_name(tool), path, samples, value["result_bytes"], upstream[warmup:], [percentile(samples, 50)]
+        )
 
     def concurrent(self, mode: str, template: str, tool: tuple[str, str, dict[str, Any]], runs: int) -> Throughput:
         server, name, arguments = tool
@@ -230,31 +251,28 @@ class SandboxBench:
         return Throughput(tool_name(tool), self.runtime, mode, calls, seconds)
 
 
-async def direct_calls(
-    parameters: StdioServerParameters, tool: tuple[str, str, dict[str, Any]], runs: int, warmup: int
-) -> Latency:
-    """The baseline: one SDK client on the same server, called from the host as the controller calls it."""
+async def direct_calls(client: Client, tool: tuple[str, str, dict[str, Any]], runs: int, warmup: int) -> Latency:
+    """The baseline: an SDK client of the same server, called from the host as the controller calls it."""
     _, name, arguments = tool
     samples = []
     with anyio.fail_after(DIRECT_TIMEOUT_S):
-        async with Client(parameters, cache=None) as client:
-            for _ in range(warmup + runs):
-                started = time.perf_counter()
-                result = await client.call_tool(name, arguments)
-                samples.append((time.perf_counter() - started) * 1000)
-                if result.is_error:
-                    raise RuntimeError(f"{tool_name(tool)} failed: {result.content}")
+        for _ in range(warmup + runs):
+            started = time.perf_counter()
+            result = await client.call_tool(name, arguments)
+            samples.append((time.perf_counter() - started) * 1000)
+            if result.is_error:
+                raise RuntimeError(f"{tool_name(tool)} failed: {result.content}")
     size = len(result.model_dump_json(by_alias=True, exclude_none=True).encode())
-    return Latency(tool_name(tool), "direct mcp", samples[warmup:], size, [])
+    return Latency(tool_name(tool), "direct mcp", samples[warmup:], size, [], [percentile(samples[warmup:], 50)])
 
 
 def roomy_policy(runs: int, warmup: int, large_runs: int) -> Policy:
-    """Quotas no measurement reaches: the default policy allows 1,000 calls per execution."""
+    """Quotas no measurement reaches: the default policy allows 1,000 calls per execution (and one session runs
+    every measurement of its runtime)."""
     per_execution = max(runs, large_runs) + max(warmup, LARGE_WARMUP, 4 * CONCURRENCY) + CONCURRENCY
     return Policy(
         max_tool_calls_per_execution=per_execution,
-        # One session runs every measurement: six executions of calls (Python and TypeScript, plain and concurrent).
-        max_tool_calls=EXECUTIONS_PER_SESSION * per_execution,
+        max_tool_calls=1_000_000,
         max_result_bytes_per_execution=max(Policy().max_result_bytes_per_execution, per_execution * 1024 * 1024),
     )
 
@@ -274,37 +292,60 @@ def has_typescript(api: httpx.Client) -> bool:
     return response.status_code == 200
 
 
-def measure(api: httpx.Client, runs: int, warmup: int, large_runs: int) -> tuple[list[Latency], list[Throughput]]:
-    time_server = StdioServerParameters(command=str(TIME_SERVER))
-    latencies = [
-        anyio.run(direct_calls, time_server, SMALL, runs, warmup),
-        anyio.run(direct_calls, DOCSTORE, LARGE, large_runs, LARGE_WARMUP),
-    ]
-    throughputs = []
+def measure(
+    api: httpx.Client, runs: int, warmup: int, large_runs: int, rounds: int
+) -> tuple[list[Latency], list[Throughput]]:
+    """Every path in turn, `rounds` times over; the concurrent calls after them."""
     typescript = has_typescript(api)
-    for runtime in RUNTIMES:
-        response = api.post("/v1/sessions", json={"runtime": runtime, "timeout_s": EXECUTION_TIMEOUT_S})
-        if response.status_code != 201:
-            raise RuntimeError(f"creating a {runtime} session failed: {response.status_code} {response.text}")
-        session_id = str(response.json()["id"])
-        try:
-            bench = SandboxBench(api, session_id, runtime)
-            latencies.append(bench.sequential(SMALL, runs, warmup))
-            latencies.append(bench.sequential(LARGE, large_runs, LARGE_WARMUP))
-            if typescript:
-                latencies.append(bench.sequential(SMALL, runs, warmup, "typescript"))
-                latencies.append(bench.sequential(LARGE, large_runs, LARGE_WARMUP, "typescript"))
+    sessions: dict[str, SandboxBench] = {}
+    try:
+        for runtime in RUNTIMES:
+            response = api.post("/v1/sessions", json={"runtime": runtime, "timeout_s": EXECUTION_TIMEOUT_S})
+            if response.status_code != 201:
+                raise RuntimeError(f"creating a {runtime} session failed: {response.status_code} {response.text}")
+            sessions[runtime] = SandboxBench(api, str(response.json()["id"]), runtime)
+        # The baseline runs on uvloop, as the controller does, in a thread with its own event loop.
+        with (
+            start_blocking_portal(backend_options={"use_uvloop": True}) as portal,
+            portal.wrap_async_context_manager(Client(TIME, cache=None)) as time_client,
+            portal.wrap_async_context_manager(Client(DOCSTORE, cache=None)) as docstore_client,
+        ):
+            measured: dict[tuple[str, str], Latency] = {}
+            for round_number in range(rounds):
+                # Every round warms each path up again: the others ran in between.
+                small_warmup = warmup if round_number == 0 else max(warmup // rounds, 3)
+                batches = [
+                    portal.call(direct_calls, time_client, SMALL, runs // rounds, small_warmup),
+                    portal.call(direct_calls, docstore_client, LARGE, large_runs // rounds, LARGE_WARMUP),
+                ]
+                for bench in sessions.values():
+                    batches.append(bench.sequential(SMALL, runs // rounds, small_warmup))
+                    batches.append(bench.sequential(LARGE, large_runs // rounds, LARGE_WARMUP))
+                    if typescript:
+                        batches.append(bench.sequential(SMALL, runs // rounds, small_warmup, "typescript"))
+                        batches.append(bench.sequential(LARGE, large_runs // rounds, LARGE_WARMUP, "typescript"))
+                for batch in batches:
+                    key = (batch.tool, batch.path)
+                    measured[key] = measured[key].joined(batch) if key in measured else batch
+        throughputs = []
+        for bench in sessions.values():
             throughputs.append(bench.concurrent(f"{CONCURRENCY} threads", THREADS, SMALL, runs))
             throughputs.append(bench.concurrent(f"asyncio.gather x{CONCURRENCY}", GATHER, SMALL, runs))
-        finally:
-            api.delete(f"/v1/sessions/{session_id}")
-    return latencies, throughputs
+    finally:
+        for bench in sessions.values():
+            api.delete(f"/v1/sessions/{bench.session_id}")
+    return list(measured.values()), throughputs
 
 
 def overheads(latencies: list[Latency]) -> list[Overhead]:
     direct = {row.tool: row for row in latencies if row.path == "direct mcp"}
     return [
-        Overhead(row.tool, row.path, row.p50_ms, direct[row.tool].p50_ms, row.result_bytes)
+        Overhead(
+            row.tool,
+            row.path,
+            [ours - theirs for ours, theirs in zip(row.round_p50s_ms, direct[row.tool].round_p50s_ms, strict=True)],
+            row.result_bytes,
+        )
         for row in latencies
         if row.path != "direct mcp"
     ]
@@ -336,7 +377,7 @@ def table(latencies: list[Latency], throughputs: list[Throughput], rows: list[Ov
         lines.append(f"{item.tool:<23}{item.path:<12}{item.mode:<20}{item.calls:>5}{'':>27}{item.calls_per_s:>9.0f}")
     lines.append("")
     lines.append("upstream: p50 of the controller's own MCP call of each call; in mcpx: p50 of (call - upstream)")
-    lines.append("overhead: sandbox p50 - direct mcp p50 (the target is on this one)")
+    lines.append("overhead: median over rounds of (path p50 - direct mcp p50 in the same round); the target is on it")
     for runtime in RUNTIMES:
         small = overhead[tool_name(SMALL), runtime]
         verdict = "within" if small <= OVERHEAD_TARGET_MS else "ABOVE"
@@ -353,15 +394,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500, help="timed calls of the small tool per path")
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls before them")
     parser.add_argument("--large-runs", type=int, default=50, help="timed calls of the large-result tool per path")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="turns each path takes, the runs split among them")
     args = parser.parse_args()
-    if min(args.runs, args.large_runs) < CONCURRENCY or args.warmup < 0:
-        parser.error(f"--runs and --large-runs must be at least {CONCURRENCY}, --warmup at least 0")
+    if args.rounds < 1 or min(args.runs, args.large_runs) < max(CONCURRENCY, 2 * args.rounds) or args.warmup < 0:
+        parser.error(f"--runs and --large-runs must be at least {CONCURRENCY} and twice --rounds, --warmup at least 0")
     if not TIME_SERVER.exists():
         parser.error(f"{TIME_SERVER} is missing: run `make setup` first")
     stop_on_sigterm()
 
     image = os.environ.get("MCPX_IMAGE", "mcpx-sandbox:latest")
-    info = metadata(image, {"calls": args.runs, "warmup": args.warmup, "large_calls": args.large_runs})
+    info = metadata(
+        image, {"calls": args.runs, "warmup": args.warmup, "large_calls": args.large_runs, "rounds": args.rounds}
+    )
     # Sub-millisecond numbers move with whatever else the host runs; the load says how quiet it was.
     info["host"]["load_average_1m"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as temp:
@@ -374,7 +418,7 @@ def main() -> None:
             httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api,
         ):
             expect_servers(api)
-            latencies, throughputs = measure(api, args.runs, args.warmup, args.large_runs)
+            latencies, throughputs = measure(api, args.runs, args.warmup, args.large_runs, args.rounds)
 
     rows = overheads(latencies)
     print(table(latencies, throughputs, rows))
