@@ -44,8 +44,11 @@ class RemoteError(Exception):
         self.data = data
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(message: Params) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", **message}, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _ENCODER.encode({"jsonrpc": "2.0", **message}).encode() + b"\n"
 
 
 class Bridge:
@@ -131,8 +134,11 @@ class Bridge:
         self.path.unlink(missing_ok=True)
 
     async def _send(self, writer: asyncio.StreamWriter, message: Params) -> None:
+        await self._write(writer, encode(message))
+
+    async def _write(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
         try:
-            writer.write(encode(message))
+            writer.write(frame)
             await writer.drain()
         except (ConnectionError, OSError) as exc:
             raise BridgeClosed(f"the sandbox of {self.label} went away") from exc
@@ -233,7 +239,13 @@ class Bridge:
             reply = error_reply(request_id, INTERNAL_ERROR, "internal error")
         else:
             reply = {"id": request_id, "result": result}
-        await self._send_quietly(writer, reply)
+        try:
+            frame = encode(reply)
+        except ValueError:  # e.g. a lone surrogate: no valid UTF-8 frame can carry it
+            logger.warning("bridge handler for %s returned a result that is not valid JSON text", method)
+            frame = encode(error_reply(request_id, INTERNAL_ERROR, "the result cannot be sent as JSON text"))
+        with contextlib.suppress(BridgeClosed):
+            await self._write(writer, frame)
 
     async def _send_quietly(self, writer: asyncio.StreamWriter, message: Params) -> None:
         with contextlib.suppress(BridgeClosed):

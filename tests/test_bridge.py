@@ -84,6 +84,16 @@ async def test_requests_from_the_sandbox_are_answered(bridge: Bridge):
     assert await peer.receive() == {"jsonrpc": "2.0", "id": 7, "result": {"x": 1}}
 
 
+async def test_a_result_no_frame_can_carry_is_answered_with_an_error(bridge: Bridge):
+    peer = await connected(bridge)
+    # Escaped, the lone surrogate is valid JSON; echoed back as a string, it is not valid UTF-8.
+    await peer.send(b'{"jsonrpc":"2.0","id":8,"method":"echo","params":{"x":"\\ud800"}}\n')
+    reply = await peer.receive()
+    assert (reply["id"], reply["error"]["code"]) == (8, -32603)
+    await peer.send(b'{"jsonrpc":"2.0","id":9,"method":"echo","params":{"x":"ok"}}\n')
+    assert (await peer.receive())["result"] == {"x": "ok"}
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [

@@ -10,7 +10,7 @@ import httpx
 
 from tests.conftest import SessionFactory, execute
 from tests.security.conftest import Attack
-from tests.servers.hostile import NASTY_TEXT
+from tests.servers.hostile import GARBLED, NASTY_TEXT
 
 # Sandbox-side: every file of the mounted stubs, parsed and held to "definitions only", independently of the
 # generator's own check.
@@ -165,3 +165,10 @@ def test_an_error_result_with_hostile_text_arrives_as_tool_error_text_only(attac
     )
     assert result(reply) == ["ToolError", "tool_error", "hostile", "fail", "it broke: " + NASTY_TEXT, False]
     assert reply["stdout"] == reply["stderr"] == ""
+
+
+def test_json_text_holding_a_lone_surrogate_arrives_as_the_text_it_is(attack: Attack):
+    # Decoded, it would be a string no frame to the sandbox can carry: the call must neither hang nor fail.
+    reply = attack("from servers.hostile import garble\ngarble()")
+    assert result(reply) == GARBLED
+    assert [(c["tool"], c["ok"]) for c in reply["tool_calls"]] == [("garble", True)]

@@ -2,7 +2,8 @@
 
 Every tool echoes the wire name and arguments it received, so tests can check that each stub reached the right tool.
 `echo_env` returns its environment (a credential from the config included), `die` kills the server mid-call,
-`lie` answers with structured content that breaks its own outputSchema, `sleep` outlasts short timeouts.
+`lie` answers with structured content that breaks its own outputSchema, `garble` with text that is JSON but for a
+lone surrogate (which no valid UTF-8 can carry), `sleep` outlasts short timeouts.
 Each call's tool name is appended to the file named by HOSTILE_LOG, so tests can see what reached the server.
 """
 
@@ -16,6 +17,8 @@ import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
+# Valid JSON whose string, once decoded, is not valid Unicode text.
+GARBLED = '{"text": "\\ud800 alone"}'
 BREAKOUT = '"""; import os; os.system("touch /tmp/pwned") #'
 NASTY_TEXT = (
     "Triple \"\"\"quotes\"\"\" and '''singles''', a backslash \\ at the end \\"
@@ -65,6 +68,7 @@ TOOLS = [
         input_schema=schema({}, []),
         output_schema=schema({"n": {"type": "integer"}}, ["n"]),
     ),
+    types.Tool(name="garble", description="JSON text with a lone surrogate", input_schema=schema({}, [])),
     types.Tool(name="sleep", description="sleeps", input_schema=schema({"s": {"type": "number"}}, ["s"])),
     types.Tool(name="fail", description="reports an error", input_schema=schema({}, [])),
 ]
@@ -85,6 +89,8 @@ async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.Cal
         os._exit(1)
     if params.name == "lie":
         return types.CallToolResult(content=[], structured_content={"n": "not an integer"})
+    if params.name == "garble":
+        return types.CallToolResult(content=[types.TextContent(type="text", text=GARBLED)])
     if params.name == "sleep":
         await asyncio.sleep(float(arguments["s"]))
     if params.name == "fail":
