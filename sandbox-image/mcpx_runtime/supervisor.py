@@ -453,18 +453,20 @@ class Supervisor:
         execution = self.execution
         if execution is None or execution.worker is not worker:
             return  # output of a background process between executions (or of the other worker) belongs to nobody
+        self._capture(execution, name, data)
+
+    def _capture(self, execution: Execution, name: str, data: bytes) -> None:
         text = getattr(execution, name).add(data)
         if execution.stream and text:
             self.send({"method": "output", "params": {"id": execution.request_id, "stream": name, "text": text}})
 
     def _drain(self) -> None:
-        """Collect what the worker wrote before it reported, so no output moves to the next execution."""
-        if self.execution is None:
+        """Collect (and stream) what the worker wrote before it reported, so no output moves to the next execution
+        and a stream sees all of it before the result."""
+        execution = self.execution
+        if execution is None:
             return
-        for fd, capture in (
-            (self.execution.worker.out_r, self.execution.stdout),
-            (self.execution.worker.err_r, self.execution.stderr),
-        ):
+        for fd, name in ((execution.worker.out_r, "stdout"), (execution.worker.err_r, "stderr")):
             while True:
                 try:
                     data = os.read(fd, READ_SIZE)
@@ -472,7 +474,7 @@ class Supervisor:
                     break
                 if not data:
                     break
-                capture.add(data)
+                self._capture(execution, name, data)
 
     def _disconnected(self) -> None:
         """The controller went away (a restart, or the end): keep the interpreter and wait for it to return."""
