@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -110,6 +112,8 @@ class SandboxBackend(Protocol):
     async def remove(self, container_id: str) -> None: ...
 
     async def owned(self, controller_id: str) -> list[OwnedSandbox]: ...
+
+    async def watch_ooms(self, controller_id: str, on_oom: Callable[[str], None]) -> Callable[[], None]: ...
 
     async def ready(self, image: str) -> bool: ...
 
@@ -280,6 +284,26 @@ class DockerBackend:
             )
             for entry in found
         ]
+
+    async def watch_ooms(self, controller_id: str, on_oom: Callable[[str], None]) -> Callable[[], None]:
+        """Call `on_oom(container_id)`, from a thread of its own, for each OOM kill the engine reports in one of
+        this controller's sandboxes; return what stops watching.
+
+        Under gVisor's systrap platform a sandbox outlives the OOM kill of one of its processes, and nothing inside
+        tells that death from an ordinary exit (the killed process exits with status 1): only the engine knows.
+        """
+        client = await self.client()
+        filters = {"type": "container", "event": "oom", "label": f"{LABEL_CONTROLLER}={controller_id}"}
+        events = await self._call(client.events, decode=True, filters=filters)
+
+        def follow() -> None:
+            with contextlib.suppress(Exception):  # the stream ends when closed, or when the engine goes away
+                for event in events:
+                    if isinstance(event, dict) and isinstance(event.get("id"), str):
+                        on_oom(event["id"])
+
+        threading.Thread(target=follow, name="mcpx-oom-events", daemon=True).start()
+        return events.close
 
 
 def choose_runtime(available: set[str], requested: str | None, require_gvisor: bool) -> str:

@@ -7,6 +7,7 @@ starts a fresh one on the same workspace and the next result says `state_reset`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -69,6 +70,8 @@ DETAILS: dict[str, discovery.Detail] = {"name": "name", "description": "descript
 NO_LANGUAGE_RUNTIME = -32010
 # How long past its own timeout (and kill grace) an execution may take before the sandbox is presumed hung.
 HUNG_MARGIN_S = 5.0
+# How long a crashed execution waits for the engine to report an OOM kill that explains it.
+OOM_EVENT_WAIT_S = 2.0
 # Called with ("output", {"stream", "text"}) and ("tool_call", ToolCall fields) while an execution runs.
 EventListener = Callable[[str, dict[str, Any]], None]
 
@@ -276,6 +279,8 @@ class SessionManager:
         self._reaper: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._unbilled: set[asyncio.Task[ToolCall]] = set()  # calls answered after their execution ended
+        self._ooms: collections.Counter[str] = collections.Counter()  # OOM kills the engine reported, by container
+        self._stop_watching: Callable[[], None] | None = None
         telemetry.gauge("mcpx.sessions.active", "Sessions open now", lambda: len(self.sessions))
         telemetry.gauge("mcpx.pool.size", "Warm sandboxes ready to be claimed", lambda: len(self.pool))
 
@@ -305,6 +310,12 @@ class SessionManager:
         self.stubs_dir.mkdir(mode=0o755, exist_ok=True)
         self.runtimes = await self.backend.runtimes()
         self.runtime = choose_runtime(self.runtimes, self.settings.runtime, self.settings.require_gvisor)
+        loop = asyncio.get_running_loop()
+
+        def counted(container_id: str) -> None:  # called from the backend's thread
+            loop.call_soon_threadsafe(self._ooms.update, [container_id])
+
+        self._stop_watching = await self.backend.watch_ooms(self.settings.controller_id, counted)
         await self._recover()
         self._reaper = asyncio.create_task(self._reap_forever())
         self._keeper = asyncio.create_task(self._keep_alive_forever())
@@ -376,6 +387,8 @@ class SessionManager:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.drain_timeout_s):
                     await asyncio.gather(*busy)
+        if self._stop_watching is not None:
+            self._stop_watching()
         pooled, self.pool = self.pool, []
         if self.settings.handover:
             for session in self.sessions.values():
@@ -688,6 +701,8 @@ class SessionManager:
         if not session.bridge.is_connected:
             await self._restart(session)
             reset = True
+        container_id = session.container_id or ""
+        ooms = self._ooms[container_id]
         params = {
             "code": code,
             "timeout_s": timeout_s,
@@ -712,7 +727,27 @@ class SessionManager:
             return failure(kind, f"{message} and was restarted; the workspace was kept", started)
         if reset:
             result.state_reset = True
+        error = result.error
+        if (
+            error is not None
+            and error.kind in ("crash", "timeout")
+            and await self._oom_since(container_id, ooms, error)
+        ):
+            result.error = ExecutionError(
+                kind="oom", type="MemoryError", message="the interpreter ran out of memory and was killed",
+                traceback=error.traceback,
+            )  # fmt: skip
         return result
+
+    async def _oom_since(self, container_id: str, before: int, error: ExecutionError) -> bool:
+        """Whether the engine reported an OOM kill in the sandbox since `before`: at once for a timeout, within a
+        bounded wait for a crash (the engine's event trails the death it explains)."""
+        deadline = time.monotonic() + (OOM_EVENT_WAIT_S if error.kind == "crash" else 0)
+        while self._ooms[container_id] <= before:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     async def _died_of_oom(self, session: Session) -> bool:
         """Wait (bounded) for the engine to report the container's end, then read its OOM flag."""

@@ -12,12 +12,35 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH
 DAEMON_JSON=/etc/docker/daemon.json
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/mcpx-dockerd.log}
 DOCKER_WAIT=${DOCKER_WAIT:-60}
-# --network=none: runsc's netstack does not start on this kind of host.
-# --host-uds=open: lets the sandbox connect() to the controller's host Unix socket.
-RUNSC_JSON='{"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--host-uds=open"]}'
+# gVisor's systrap platform exists from its 2023 releases on. Inside a VM it makes each system call of sandboxed
+# code about 100x cheaper than the ptrace platform (getpid: ~1 us against 100-190 us, measured on this kind of host).
+# Debian 12 ships gVisor 2022-12 (ptrace only); its official backports carry 2024-07, installed from there.
+SYSTRAP_SINCE=20230601
+CODENAME=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+BACKPORTS_SOURCES=/etc/apt/sources.list.d/mcpx-bookworm-backports.sources
 
 log() { printf 'host-setup: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# The release date in `runsc --version` ("0.0~20240729.0", "release-20240729.0").
+runsc_systrap() {
+    local date
+    date=$(runsc --version 2>/dev/null | grep -o '[0-9]\{8\}' | head -n 1)
+    [ -n "$date" ] && [ "$date" -ge "$SYSTRAP_SINCE" ]
+}
+
+# An older runsc is replaced where a newer one is packaged (Debian 12: its backports).
+runsc_wanted() {
+    command -v runsc >/dev/null && { runsc_systrap || [ "$CODENAME" != bookworm ]; }
+}
+
+# --network=none: runsc's netstack does not start on this kind of host.
+# --host-uds=open: lets the sandbox connect() to the controller's host Unix socket.
+runsc_json() {
+    local platform=
+    if runsc_systrap; then platform=', "--platform=systrap"'; fi
+    printf '{"path": "%s", "runtimeArgs": ["--network=none", "--host-uds=open"%s]}' "$(command -v runsc)" "$platform"
+}
 
 # Two clients may be installed: apt's /usr/bin/docker (20.10) and a newer one in
 # /usr/local/bin. Both negotiate the API version; use the first that talks to the daemon.
@@ -33,11 +56,14 @@ pick_client() {
 
 # Checks the args too, so after a SIGHUP we wait until the reload took effect.
 runsc_registered() {
-    "$DOCKER" info --format '{{json .Runtimes.runsc}}' 2>/dev/null | grep -q -- '--host-uds=open'
+    local registered
+    registered=$("$DOCKER" info --format '{{json .Runtimes.runsc}}' 2>/dev/null) || return 1
+    grep -q -- '--host-uds=open' <<<"$registered" || return 1
+    ! runsc_systrap || grep -q -- '--platform=systrap' <<<"$registered"
 }
 
 daemon_json_ok() {
-    [ -r "$DAEMON_JSON" ] && python3 - "$DAEMON_JSON" "$RUNSC_JSON" <<'EOF'
+    [ -r "$DAEMON_JSON" ] && python3 - "$DAEMON_JSON" "$(runsc_json)" <<'EOF'
 import json, sys
 try:
     cfg = json.load(open(sys.argv[1]))
@@ -48,9 +74,9 @@ EOF
 }
 
 # Fast path: everything already in place -> nothing to do (keeps `make test` cheap).
-if command -v dockerd >/dev/null && command -v runsc >/dev/null && command -v debootstrap >/dev/null \
+if command -v dockerd >/dev/null && runsc_wanted && command -v debootstrap >/dev/null \
     && daemon_json_ok && pick_client && runsc_registered; then
-    log "ready (client: $DOCKER, runtimes include runsc)"
+    log "ready (client: $DOCKER, runtimes include runsc$(runsc_systrap && echo " on systrap"))"
     exit 0
 fi
 
@@ -58,20 +84,30 @@ fi
 
 # 1. Packages. One apt-get update, only when something is missing
 # (python3 too: it merges daemon.json below; a minimal Debian may lack it).
-pkgs=(docker.io runsc debootstrap)
+pkgs=(docker.io debootstrap)
 command -v python3 >/dev/null || pkgs+=(python3)
-if ! command -v dockerd >/dev/null || ! command -v runsc >/dev/null \
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v dockerd >/dev/null || ! runsc_wanted \
     || ! command -v debootstrap >/dev/null || ! command -v python3 >/dev/null; then
-    log "installing ${pkgs[*]}"
-    export DEBIAN_FRONTEND=noninteractive
+    if [ "$CODENAME" = bookworm ] && ! runsc_systrap; then
+        log "adding Debian's bookworm-backports (for gVisor with systrap) in $BACKPORTS_SOURCES"
+        printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm-backports" \
+            "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$BACKPORTS_SOURCES"
+    fi
+    log "installing ${pkgs[*]} runsc"
     apt-get update -q
     apt-get install -y -q "${pkgs[@]}"
+    if [ -f "$BACKPORTS_SOURCES" ]; then
+        apt-get install -y -q -t bookworm-backports runsc
+    else
+        apt-get install -y -q runsc
+    fi
 fi
 
 # 2. Register runsc by merging into daemon.json: other keys (storage driver,
 # mirrors, ...) belong to the admin and must survive. Writes only on change.
 mkdir -p "$(dirname "$DAEMON_JSON")"
-changed=$(python3 - "$DAEMON_JSON" "$RUNSC_JSON" <<'EOF'
+changed=$(python3 - "$DAEMON_JSON" "$(runsc_json)" <<'EOF'
 import json, os, sys, tempfile
 path, want = sys.argv[1], json.loads(sys.argv[2])
 cfg = {}
@@ -93,7 +129,7 @@ print("yes")
 EOF
 )
 if [ "$changed" = yes ]; then
-    log "registered runsc in $DAEMON_JSON"
+    log "registered runsc in $DAEMON_JSON: $(runsc_json)"
     # dockerd reloads "runtimes" on SIGHUP; no restart (running containers keep going).
     if pid=$(pidof -s dockerd); then
         log "reloading dockerd ($pid)"
@@ -127,4 +163,4 @@ for c in /usr/local/bin/docker /usr/bin/docker; do
     [ -x "$c" ] || continue
     if "$c" info >/dev/null 2>&1; then log "client $c: ok"; else log "client $c: cannot talk to the daemon"; fi
 done
-log "ready (client: $DOCKER, runtimes include runsc)"
+log "ready (client: $DOCKER, runtimes include runsc$(runsc_systrap && echo " on systrap"))"

@@ -63,7 +63,7 @@ def test_a_fork_bomb_is_capped_and_the_session_works_afterwards(
     api: httpx.Client, new_session: SessionFactory, runtime: str
 ) -> None:
     # Enough memory that the process cap, not the memory limit, is what stops it.
-    session = new_session(runtime=runtime, memory_mb=2048, timeout_s=15)
+    session = new_session(runtime=runtime, memory_mb=2048, timeout_s=60)
     # Every process forks as long as it can, then holds its slot until the end-of-execution kill; the cell ends
     # once the bomb has filled the cap and every process has given up.
     reply = execute(
@@ -78,7 +78,7 @@ def test_a_fork_bomb_is_capped_and_the_session_works_afterwards(
         "        except OSError:\n"
         "            time.sleep(60)\n"
         "            os._exit(0)\n"
-        "deadline, most = time.monotonic() + 10, 0\n"
+        "deadline, most = time.monotonic() + 45, 0\n"
         f"while most < {PIDS_LIMIT - 8} and time.monotonic() < deadline:\n"
         "    most = max(most, len([p for p in os.listdir('/proc') if p.isdigit()]))\n"
         "    time.sleep(0.1)\n"
@@ -137,8 +137,14 @@ def test_a_memory_bomb_in_a_child_process_is_contained(
         assert result_of(reply) == -9
         assert reply["state_reset"] is False
         assert result_of(execute(api, session, "kept")) == "state"
+    elif reply["error"] is None:
+        # Under gVisor (systrap) the host's OOM killer usually picks the greedy child's own process: it ends (with
+        # status 1, as gVisor reports the loss of its stub) and the interpreter carries on.
+        assert result_of(reply) != 0
+        assert reply["state_reset"] is False
+        assert result_of(execute(api, session, "kept")) == "state"
     else:
-        # Under gVisor the whole sandbox dies of it and the session starts a new one.
+        # When it picks gVisor's kernel instead, the whole sandbox dies and the session starts a new one.
         assert reply["error"]["kind"] == "oom"
         assert reply["state_reset"] is True
         assert result_of(execute(api, session, "'kept' in globals()")) is False
