@@ -396,7 +396,8 @@ def test_unbounded_recursion_with_a_raised_limit_is_survivable(
     if error["kind"] == "exception":
         assert error["type"] in ("RecursionError", "MemoryError")
     else:
-        assert error["kind"] in ("oom", "crash")
+        # Or memory runs out (under gVisor on systrap the interpreter may also stall there until its timeout).
+        assert error["kind"] in ("oom", "crash", "timeout")
         assert reply["state_reset"] is True
     assert result_of(execute(api, session, "'alive'")) == "alive"
 
