@@ -3,7 +3,8 @@
 Events: session.created, session.deleted, execution.timeout, execution.oom, execution.crash, tool.called,
 policy.refused, static_check.refused, bridge.violation, anomaly.detected. Each carries the session, tenant and trace
 ids it belongs to.
-Tool calls are logged by name, outcome and size; argument values never are.
+Tool calls are logged by name, outcome and size; argument values never are. They are written in batches (see
+`controller.ledger`), up to 50 ms after the call, with the time of the call.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ class AuditLog:
         session: str | None = None,
         tenant: str | None = None,
         trace: str | None = None,
+        at: float | None = None,
         **fields: Any,
     ) -> None:
+        """Append one event; `at` (Unix time) is when it happened, if not now."""
+        when = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
         entry = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "time": when.isoformat(timespec="milliseconds"),
             "event": event,
             "session": session,
             "tenant": tenant,

@@ -29,7 +29,7 @@ from controller import discovery, shaping, stubgen, tsstubs
 from controller.anomalies import Anomaly, Detector
 from controller.audit import AuditLog
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
-from controller.catalog import Catalog, CatalogSnapshot, ToolOutcome
+from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import REPLICA_NAME, Limits, Settings
 from controller.discovery import Language
 from controller.errors import (
@@ -44,6 +44,7 @@ from controller.errors import (
     UnknownServers,
     WorkspaceError,
 )
+from controller.ledger import EventListener, Ledger, ToolCall
 from controller.policy import Policy, PolicyRefusal, check_call, denied_imports, redact
 from controller.recovery import SessionRecord, read_record, write_record
 from controller.runtime import (
@@ -64,7 +65,6 @@ SOCKET_NAME = "bridge.sock"
 SESSION_ID = re.compile(f"({REPLICA_NAME})\\.[0-9a-f]{{16}}")
 OUTPUTS = ".mcpx/outputs"  # in the workspace: the full text of output that shaping cut
 TOOL_ERROR = -32010
-INLINE_COUNT_BYTES = 64 * 1024
 DETAILS: dict[str, discovery.Detail] = {"name": "name", "description": "description", "full": "full"}
 # The supervisor's JSON-RPC error code for an execution in a language the image has no runtime for.
 NO_LANGUAGE_RUNTIME = -32010
@@ -72,8 +72,6 @@ NO_LANGUAGE_RUNTIME = -32010
 HUNG_MARGIN_S = 5.0
 # How long a crashed execution waits for the engine to report an OOM kill that explains it.
 OOM_EVENT_WAIT_S = 2.0
-# Called with ("output", {"stream", "text"}) and ("tool_call", ToolCall fields) while an execution runs.
-EventListener = Callable[[str, dict[str, Any]], None]
 
 
 class ExecutionError(BaseModel):
@@ -83,18 +81,6 @@ class ExecutionError(BaseModel):
     type: str
     message: str
     traceback: str = ""
-
-
-class ToolCall(BaseModel):
-    """One tool call made by an execution's code; `tokens` is the size of its result, which stayed in the sandbox."""
-
-    server: str
-    tool: str
-    ok: bool
-    ms: float
-    bytes: int
-    tokens: int
-    call_tokens: int = Field(default=0, exclude=True)
 
 
 class TokenReport(BaseModel):
@@ -217,7 +203,7 @@ class Session:
     restarts: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     listener: EventListener | None = None
-    billed: list[asyncio.Task[ToolCall]] = field(default_factory=list)
+    billed: list[asyncio.Future[ToolCall]] = field(default_factory=list)
     tokens: TokenReport = field(default_factory=TokenReport)
     trace: str = ""
     traceparent: str = ""  # the running execution's span, for the tool calls it makes
@@ -263,6 +249,7 @@ class SessionManager:
         self.telemetry = telemetry
         self.anomalies = Detector(settings.anomalies)
         self.tokens = tokens
+        self.ledger = Ledger(tokens, telemetry, audit)
         self.backend = backend
         self.catalog = catalog
         self.secrets = secrets
@@ -278,7 +265,6 @@ class SessionManager:
         self.runtime = "runc"
         self._reaper: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
-        self._unbilled: set[asyncio.Task[ToolCall]] = set()  # calls answered after their execution ended
         self._ooms: collections.Counter[str] = collections.Counter()  # OOM kills the engine reported, by container
         self._stop_watching: Callable[[], None] | None = None
         telemetry.gauge("mcpx.sessions.active", "Sessions open now", lambda: len(self.sessions))
@@ -398,6 +384,7 @@ class SessionManager:
             *(self.delete(session_id, "shutdown") for session_id in list(self.sessions)),
             *(self._destroy(session) for session in pooled),
         )
+        await self.ledger.close()
 
     def get(self, session_id: str, tenant: str) -> Session:
         """The tenant's session; another tenant's is as unknown as a missing one. Raises: SessionNotFound."""
@@ -645,6 +632,7 @@ class SessionManager:
         if result.error is not None and result.error.kind in ("timeout", "oom", "crash"):
             event = f"execution.{result.error.kind}"
             self.audit.record(event, session=session.id, trace=session.trace, state_reset=result.state_reset)
+        self.ledger.flush()
         result.tool_calls = list(await asyncio.gather(*session.billed))
         budget = max_output_tokens or self.settings.max_output_tokens
         return await anyio.to_thread.run_sync(
@@ -850,13 +838,11 @@ class SessionManager:
         current = session.trace == trace  # an answer outliving its execution is not billed to the next one
         if current:
             session.result_bytes += outcome.size
-        # The reply goes first; counting its tokens and the audit record follow it (see _account).
-        task = asyncio.create_task(self._account(session, server, tool, arguments, outcome, elapsed, trace))
+        # The answer goes first; the call is booked (tokens, metrics, audit, stream event) with others shortly after.
+        listener = session.listener if current else None
+        booked = self.ledger.book(session.id, trace, server, tool, arguments, outcome, elapsed, listener)
         if current:
-            session.billed.append(task)
-        else:
-            self._unbilled.add(task)
-            task.add_done_callback(self._unbilled.discard)
+            session.billed.append(booked)
         if outcome.error is not None:
             raise RemoteError(TOOL_ERROR, redact(outcome.error, self.secrets), {"kind": outcome.kind, **where})
         if session.result_bytes > session.policy.max_result_bytes_per_execution:
@@ -865,43 +851,6 @@ class SessionManager:
             self._refused(session, "quota", message, where)
             raise RemoteError(TOOL_ERROR, message, {"kind": "quota", **where})
         return redact(outcome.value, self.secrets)
-
-    async def _account(
-        self,
-        session: Session,
-        server: str,
-        tool: str,
-        arguments: Any,
-        outcome: ToolOutcome,
-        elapsed: float,
-        trace: str,
-    ) -> ToolCall:
-        """Measure, audit and count the tokens of a finished call after its reply was sent: the sandbox does not
-        wait for any of it (its execution's response does)."""
-        ok = outcome.error is None
-        self.telemetry.tool_called(server, tool, elapsed / 1000, outcome.kind or None)
-        self.audit.record(
-            "tool.called", session=session.id, trace=trace, ok=ok, kind=outcome.kind or None, ms=elapsed,
-            bytes=outcome.size, server=server, tool=tool,
-        )  # fmt: skip
-        call = ToolCall(
-            server=server,
-            tool=tool,
-            ok=ok,
-            ms=elapsed,
-            bytes=outcome.size,
-            tokens=await self._count(outcome.value if ok else outcome.error, outcome.size),
-            call_tokens=self.tokens.count_json({"name": tool, "arguments": arguments}),
-        )
-        if session.listener is not None and session.trace == trace:
-            session.listener("tool_call", call.model_dump())
-        return call
-
-    async def _count(self, value: Any, size: int) -> int:
-        """Tokens of a tool result: small ones inline (a thread hop costs more), large ones off the event loop."""
-        if size < INLINE_COUNT_BYTES:
-            return self.tokens.count_json(value)
-        return await anyio.to_thread.run_sync(self.tokens.count_json, value)
 
     def _check_quota(self, session: Session) -> None:
         """Raises: PolicyRefusal when a call would exceed one of the session's quotas."""
@@ -915,7 +864,7 @@ class SessionManager:
 
     def _refused(self, session: Session, kind: str, reason: str, where: dict[str, str]) -> None:
         self.audit.record("policy.refused", session=session.id, trace=session.trace, kind=kind, reason=reason[:500],
-                          **where)  # fmt: skip
+                          server=where["server"], tool=where["tool"])  # fmt: skip
         self.telemetry.refused(kind)
         self._raise(self.anomalies.refusal(session.id, session.tenant, time.monotonic()), session)
 

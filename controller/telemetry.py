@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import Token
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,9 +53,12 @@ def parse_traceparent(value: object) -> tuple[str, str, str] | None:
     if not isinstance(value, str) or len(value) != 55:
         return None
     match = TRACEPARENT.match(value)
-    if match is None or set(match.group(1)) == {"0"} or set(match.group(2)) == {"0"}:
+    if match is None:
         return None
-    return match.group(1), match.group(2), match.group(3)
+    trace_id, span_id, flags = match.groups()
+    if not trace_id.strip("0") or not span_id.strip("0"):
+        return None
+    return trace_id, span_id, flags
 
 
 def child_of(claimed: object, execution: str) -> str:
@@ -66,13 +70,28 @@ def child_of(claimed: object, execution: str) -> str:
     return f"00-{ours[0]}-{theirs[1]}-{ours[2]}"
 
 
-def _context_of(traceparent: str) -> otel_context.Context | None:
+def _parent_of(traceparent: str) -> SpanContext | None:
     parsed = parse_traceparent(traceparent)
     if parsed is None:
         return None
     trace_id, span_id, flags = parsed
-    parent = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
-    return trace.set_span_in_context(NonRecordingSpan(parent))
+    return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16)))
+
+
+class _Current(AbstractContextManager[trace.Span]):
+    """A span that is not recorded, current for a block: all there is to do is to attach and detach it."""
+
+    _token: Token[otel_context.Context]
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, *_: object) -> None:
+        otel_context.detach(self._token)
 
 
 def _traceparent_of(span: trace.Span) -> str:
@@ -156,7 +175,7 @@ class Telemetry:
     ) -> Iterator[trace.Span]:
         """A span, current for the block; `parent` (a traceparent) overrides the current context. An exception
         leaving the block marks the span as an error (by its type only)."""
-        with self.current(name, _context_of(parent) if parent else None, attributes) as span:
+        with self.current(name, _parent_of(parent) if parent else None, attributes) as span:
             try:
                 yield span
             except BaseException as exc:
@@ -166,21 +185,22 @@ class Telemetry:
     def current(
         self,
         name: str,
-        context: otel_context.Context | None,
+        parent: SpanContext | None,
         attributes: Mapping[str, str | int | float | bool],
         kind: SpanKind = SpanKind.INTERNAL,
     ) -> AbstractContextManager[trace.Span]:
-        """A new span, current while the block runs: a child of `context` (default: the current span), or the
+        """A new span, current while the block runs: a child of `parent` (default: the current span), or the
         root of a new trace. The block sets the span's status itself; an exception leaving it only ends it."""
         if self.recording:
+            context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
             return self.tracer.start_as_current_span(
                 name, context, kind, dict(attributes), record_exception=False, set_status_on_exception=False
             )
-        parent = trace.get_current_span(context).get_span_context()
+        if parent is None:
+            parent = trace.get_current_span().get_span_context()
         trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
         flags = parent.trace_flags if parent.is_valid else TraceFlags(TraceFlags.SAMPLED)
-        span = NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, flags))
-        return trace.use_span(span, record_exception=False, set_status_on_exception=False)
+        return _Current(NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, flags)))
 
     @staticmethod
     def traceparent() -> str:
@@ -240,7 +260,7 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", [])}
-        caller = _context_of(headers.get("traceparent", ""))
+        caller = _parent_of(headers.get("traceparent", ""))
         method = str(scope["method"])
         with self.telemetry.current(method, caller, {"http.request.method": method}, SpanKind.SERVER) as span:
 
