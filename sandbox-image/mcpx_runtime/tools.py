@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mcpx_runtime.wire import FrameTooLarge, LineReader, Message, encode
 
@@ -105,6 +105,41 @@ def error_from_reply(error: Any) -> ToolError:
     )
 
 
+class Reply(Protocol):
+    """Where a call's reply goes: a `Slot` for a caller that waits in its own thread, a `Future` for an awaitable."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: BaseException) -> None: ...
+    def result(self) -> Any: ...
+
+
+class Slot:
+    """The reply to a plain (blocking) call. Its caller waits on the connection's condition, so, unlike a
+    `Future`, a slot needs no lock of its own: under gVisor each object less on the path shows."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        self._value, self._done = result, True
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._error, self._done = exception, True
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class Connection:
     """This process's connection to the controller, opened at the first call (and again in a forked child)."""
 
@@ -119,19 +154,18 @@ class Connection:
         to whoever reads first) and must not inherit its parent's calls or locks, held or not."""
         self._sock: socket.socket | None = None
         self._inbox = LineReader(self._limit)
-        self._pending: dict[int, Future[Any]] = {}
+        self._pending: dict[int, Reply] = {}
         self._sending = threading.Lock()
         self._reading = threading.Lock()
         self._changed = threading.Condition()
         self._pumping = False
 
-    def request(self, method: str, params: dict[str, Any]) -> Future[Any]:
-        """Send a request now; its reply resolves the future once somebody waits (`result`).
+    def request(self, method: str, params: dict[str, Any], future: Reply) -> None:
+        """Send a request now; its reply resolves `future` once somebody waits (`result`).
 
         Raises:
             ToolError: the request is larger than a frame, or the controller cannot be reached.
         """
-        future: Future[Any] = Future()
         with self._sending:
             request_id = next(self._ids)
             frame = encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
@@ -144,9 +178,8 @@ class Connection:
             except OSError as exc:
                 self._pending[request_id] = future
                 self._lost(f"cannot reach the controller: {exc}")
-        return future
 
-    def result(self, future: Future[Any]) -> Any:
+    def result(self, future: Reply) -> Any:
         self.wait(future)
         return future.result()
 
@@ -170,7 +203,7 @@ class Connection:
                     return
             self.wait(due)
 
-    def wait(self, future: Future[Any]) -> None:
+    def wait(self, future: Reply) -> None:
         """Wait for a reply: read the connection while no other caller does, else wait for the one who does."""
         while not future.done():
             if self._reading.acquire(blocking=False):
@@ -248,10 +281,10 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _call(method: str, params: dict[str, Any]) -> tuple[Connection, Future[Any]]:
+def _connected() -> Connection:
     if _connection is None:
         raise ToolError("tools are only callable inside an mcpx sandbox")
-    return _connection, _connection.request(method, params)
+    return _connection
 
 
 def _in_coroutine() -> bool:
@@ -283,8 +316,14 @@ def call_tool(server: str, tool: str, arguments: dict[str, Any], omit_none: tupl
     params: dict[str, Any] = {"server": server, "tool": tool, "arguments": sent}
     if traceparent:
         params["_meta"] = {"traceparent": traceparent}
-    connection, future = _call("tools/call", params)
-    return connection.awaitable(future) if _in_coroutine() else connection.result(future)
+    connection = _connected()
+    if _in_coroutine():
+        future: Future[Any] = Future()
+        connection.request("tools/call", params, future)
+        return connection.awaitable(future)
+    slot = Slot()
+    connection.request("tools/call", params, slot)
+    return connection.result(slot)
 
 
 def search_tools(
@@ -295,6 +334,7 @@ def search_tools(
     detail="name" gives where each tool lives (`servers.<server>.<tool>`), "description" adds its one-line
     description, "full" adds its Python signature and input schema.
     """
-    connection, future = _call("tools/search", {"query": query, "detail": detail, "limit": limit})
-    result: list[dict[str, Any]] = connection.result(future)
+    connection, slot = _connected(), Slot()
+    connection.request("tools/search", {"query": query, "detail": detail, "limit": limit}, slot)
+    result: list[dict[str, Any]] = connection.result(slot)
     return result
