@@ -95,12 +95,20 @@ class CatalogSnapshot:
         combined = "\n".join(server.digest for server in self.servers)
         return hashlib.sha256(combined.encode()).hexdigest()[:32]
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, ServerInfo]:
+        return {server.name: server for server in self.servers}
+
+    @functools.cached_property
+    def _tools(self) -> dict[tuple[str, str], ToolInfo]:
+        """Every tool by (server, name), built once: each tool call looks its tool up."""
+        return {(server.name, tool.name): tool for server in self.servers for tool in server.tools}
+
     def server(self, name: str) -> ServerInfo | None:
-        return next((server for server in self.servers if server.name == name), None)
+        return self._by_name.get(name)
 
     def tool(self, server: str, name: str) -> ToolInfo | None:
-        info = self.server(server)
-        return None if info is None else next((tool for tool in info.tools if tool.name == name), None)
+        return self._tools.get((server, name))
 
     def only(self, servers: frozenset[str] | None) -> CatalogSnapshot:
         """The part of the catalog a session with this allowlist may see (None: everything)."""

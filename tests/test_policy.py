@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 import httpx
+import jsonschema
 
+from controller.catalog import ToolInfo
 from controller.config import Settings
+from controller.policy import _plain_check, argument_problem
 from tests.conftest import SessionFactory, execute
 
 
@@ -120,3 +123,74 @@ def test_the_audit_log_records_what_happened_without_argument_values(
     assert (called["server"], called["tool"], called["ok"]) == ("everything", "echo", True)
     assert called["trace"]
     assert "canary-argument-8c1d" not in json.dumps(events)
+
+
+# --- argument validation: the plain-schema shortcut must agree with jsonschema everywhere ------------------------
+
+PLAIN_SCHEMAS: list[dict[str, Any]] = [
+    {"type": "object", "properties": {"timezone": {"type": "string", "description": "IANA"}}, "required": ["timezone"]},
+    {"properties": {"n": {"type": "integer", "title": "N"}, "x": {"type": "number"}}, "type": "object"},
+    {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object", "additionalProperties": False,
+     "properties": {"flag": {"type": "boolean"}, "maybe": {"type": ["string", "null"]}}, "required": ["flag"]},
+    {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object",
+     "properties": {"n": {"type": "integer"}, "items": {"type": "array"}, "meta": {"type": "object"}}},
+    {"type": "object", "properties": {"anything": {"description": "no type: any value"}}, "required": ["anything"]},
+]  # fmt: skip
+OTHER_SCHEMAS: list[dict[str, Any]] = [
+    {"type": "object", "properties": {"unit": {"type": "string", "enum": ["c", "f"]}}},
+    {"type": "object", "properties": {"point": {"type": "object", "properties": {"x": {"type": "number"}}}}},
+    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}},
+    {"type": "object", "properties": {"n": {"$ref": "#/$defs/n"}}, "$defs": {"n": {"type": "integer"}}},
+    {"$schema": "http://json-schema.org/draft-03/schema#", "type": "object", "properties": {"n": {"type": "integer"}}},
+    {"type": "object", "properties": {"n": {"type": [{"hostile": True}]}}},
+    {"type": "object", "additionalProperties": {"type": "string"}},
+]
+VALUES: list[Any] = ["text", "", 0, 7, -3, 1.0, 2.5, True, False, None, [], [1], {}, {"a": 1}, 10**30]
+
+
+def argument_sets(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every property alone and with the required ones, with every kind of JSON value, plus strays and gaps."""
+    properties = schema.get("properties", {})
+    names = [*properties, "stray"]
+    fits = jsonschema.Draft202012Validator
+
+    def fitting(name: str) -> Any:
+        return next(value for value in VALUES if fits(properties.get(name, {})).is_valid(value))
+
+    required = {name: fitting(name) for name in schema.get("required", [])}
+    sets: list[dict[str, Any]] = [{}, dict(required)]
+    for name in names:
+        for value in VALUES:
+            sets += [{name: value}, {**required, name: value}]
+    return sets
+
+
+def jsonschema_problem(schema: dict[str, Any], arguments: dict[str, Any]) -> str | None:
+    """What jsonschema alone says, the schema taken as the catalog keeps it (keys sorted: it orders the errors)."""
+    schema = json.loads(json.dumps(schema, sort_keys=True))
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.exceptions.SchemaError:
+        return None  # a server's broken schema is not held to
+    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(arguments))
+    if error is None:
+        return None
+    where = ".".join(str(part) for part in error.absolute_path)
+    return f"argument {where!r}: {error.message}" if where else error.message
+
+
+def test_argument_problems_are_jsonschemas_whether_or_not_the_schema_is_plain() -> None:
+    for schema in PLAIN_SCHEMAS + OTHER_SCHEMAS:
+        tool = ToolInfo("srv", "tool", input_schema=schema)
+        for arguments in argument_sets(schema):
+            assert argument_problem(tool, arguments) == jsonschema_problem(schema, arguments), (schema, arguments)
+
+
+def test_only_plain_schemas_take_the_shortcut_and_it_answers_for_valid_arguments() -> None:
+    for schema in PLAIN_SCHEMAS:
+        check = _plain_check(ToolInfo("srv", "tool", input_schema=schema).input_schema_key)
+        assert check is not None, schema
+        assert any(check(arguments) for arguments in argument_sets(schema)), schema
+    for schema in OTHER_SCHEMAS:
+        assert _plain_check(ToolInfo("srv", "tool", input_schema=schema).input_schema_key) is None, schema
