@@ -8,7 +8,7 @@ writes every sample, with host metadata, as JSON.
 The paths are measured in rounds, taking turns: the direct SDK call, then each sandbox path, again and again. The
 MCP server's own latency drifts by a millisecond within seconds on a small host; overhead is therefore the median,
 over rounds, of a path's p50 minus the direct call's p50 in the same round. Rounds are short (25 calls per path) and
-many (40): with 10 rounds of 50 calls, two runs a minute apart differed by 0.9 ms; with 40 of 25, by under 0.05 ms.
+many (40): with 10 rounds of 50 calls, two runs a minute apart differed by 0.9 ms; with 40 of 25, by 0.01-0.3 ms.
 """
 
 from __future__ import annotations
