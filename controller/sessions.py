@@ -555,7 +555,7 @@ class SessionManager:
         """Free everything a session holds on the host; what is already gone is fine."""
         try:
             if session.container_id is not None:
-                await self.backend.remove(session.container_id)
+                await self._remove(session.container_id)
         finally:
             await session.bridge.close()
             await self.workspaces.remove(session.workspace_dir)
@@ -757,10 +757,17 @@ class SessionManager:
         session.restarts += 1
         await session.bridge.disconnect()
         if session.container_id is not None:
-            await self.backend.remove(session.container_id)
+            await self._remove(session.container_id)
             session.container_id = None
         await self._boot(session)
         self._persist(session)
+
+    async def _remove(self, container_id: str) -> None:
+        """Remove a session's sandbox, and forget the OOM kills counted in it."""
+        try:
+            await self.backend.remove(container_id)
+        finally:
+            self._ooms.pop(container_id, None)
 
     async def _boot(self, session: Session) -> None:
         """Start a container for the session and wait until its runtime connects to the socket."""

@@ -440,10 +440,12 @@ def test_a_flood_of_10k_tool_calls_is_refused_call_by_call(attack: Attack):
     reply = attack(
         textwrap.dedent(
             """
+            from concurrent.futures import Future
             from mcpx_runtime import tools
             connection = tools._connection
-            futures = [connection.request("tools/call", {"server": "nope", "tool": "x", "arguments": {}})
-                       for _ in range(10_000)]
+            futures = [Future() for _ in range(10_000)]
+            for future in futures:
+                connection.request("tools/call", {"server": "nope", "tool": "x", "arguments": {}}, future)
             outcomes = {}
             for future in futures:
                 connection.wait(future)
@@ -463,9 +465,10 @@ def test_a_tool_call_with_non_object_params_gets_an_invalid_request_error(attack
     reply = attack(
         textwrap.dedent(
             """
+            from concurrent.futures import Future
             from mcpx_runtime import tools
-            connection = tools._connection
-            future = connection.request("tools/call", ["hostile", "die"])
+            connection, future = tools._connection, Future()
+            connection.request("tools/call", ["hostile", "die"], future)
             connection.wait(future)
             error = future.exception()
             type(error).__name__, str(error)
