@@ -370,11 +370,11 @@ def table(latencies: list[Latency], throughputs: list[Throughput], rows: list[Ov
         f"{'upstream':>10}{'in mcpx':>9}{'overhead':>10}"
     )
     lines = [header, "-" * len(header)]
-    overhead = {(row.tool, row.runtime): row.ms for row in rows}
+    overhead = {(row.tool, row.runtime): row for row in rows}
     for row in latencies:
         upstream = f"{row.upstream_p50_ms:.3f}" if row.upstream_p50_ms is not None else ""
         in_mcpx = f"{row.mcpx_p50_ms:.3f}" if row.mcpx_p50_ms is not None else ""
-        added = f"{overhead[row.tool, row.path]:+.3f}" if (row.tool, row.path) in overhead else ""
+        added = f"{overhead[row.tool, row.path].ms:+.3f}" if (row.tool, row.path) in overhead else ""
         lines.append(
             f"{row.tool:<23}{row.path:<12}{'sequential':<20}{len(row.samples_ms):>5}{row.p50_ms:>9.3f}"
             f"{row.p95_ms:>9.3f}{row.mean_ms:>9.3f}{row.calls_per_s:>9.0f}{upstream:>10}{in_mcpx:>9}{added:>10}"
@@ -384,9 +384,8 @@ def table(latencies: list[Latency], throughputs: list[Throughput], rows: list[Ov
     lines.append("")
     lines.append("upstream: p50 of the controller's own MCP call of each call; in mcpx: p50 of (call - upstream)")
     lines.append("overhead: median over rounds of (path p50 - direct mcp p50 in the same round); the target is on it")
-    by_path = {(row.tool, row.runtime): row for row in rows}
     for runtime in RUNTIMES:
-        small = by_path[tool_name(SMALL), runtime]
+        small = overhead[tool_name(SMALL), runtime]
         verdict = "within" if small.ms <= OVERHEAD_TARGET_MS else "ABOVE"
         low, high = small.middle_ms
         lines.append(
