@@ -136,6 +136,9 @@ def serve(state_dir: Path, port: int, controller_id: str, **settings: str) -> su
     return process
 
 
+TS_CALL = 'import { get_record } from "servers/crm";\n((await get_record({ record_id: "ACC-0001" })) as any).record.id'
+
+
 def test_a_killed_controller_readopts_live_sessions_and_reaps_everything_else(
     tmp_path: Path, docker_client: docker.DockerClient
 ):
@@ -147,6 +150,8 @@ def test_a_killed_controller_readopts_live_sessions_and_reaps_everything_else(
     try:
         kept, busy, dead = (api.post("/v1/sessions").json()["id"] for _ in range(3))
         execute(api, kept, "state = 'kept'\nopen('/workspace/note.txt', 'w').write('in the workspace')")
+        # The TypeScript worker holds a connection of its own: the restart must not leave it on the dead one.
+        assert execute(api, kept, TS_CALL, language="typescript")["result"] == "ACC-0001"
         wait_until(lambda: len(containers_of(docker_client, label)) == 4, 60, "the pool to refill")
         claimed = {c for session in (kept, busy, dead) for c in containers_of(docker_client, session_label(session))}
         pooled = set(containers_of(docker_client, label)) - claimed
@@ -170,6 +175,8 @@ def test_a_killed_controller_readopts_live_sessions_and_reaps_everything_else(
         assert {"path": "note.txt", "size": 16} in api.get(f"/v1/sessions/{kept}/files").json()["files"]
         call = "from servers.crm import get_record\nget_record(record_id='ACC-0001')['record']['id']"
         reply = execute(api, kept, call)
+        assert reply["result"] == "ACC-0001", reply
+        reply = execute(api, kept, TS_CALL, language="typescript")
         assert reply["result"] == "ACC-0001", reply
         assert execute(api, busy, "6 * 7")["result"] == 42
         assert api.get(f"/v1/sessions/{dead}").status_code == 404

@@ -156,6 +156,26 @@ def test_the_sandbox_context_parents_tool_calls_only_within_the_execution_trace(
     assert result["result"] == [traceparent_of(call) for call in calls]
 
 
+def test_typescript_tool_calls_carry_the_execution_context_and_the_sandbox_may_narrow_it(traced):
+    spy, api = traced
+    session = new_session(api)
+    code = (
+        'import { traceparent } from "servers/traced";\n'
+        'const m = require("mcpx-runtime");\n'
+        "const first = (await traceparent({}) as any).traceparent;\n"
+        'm.trace(`00-${first.split("-")[1]}-1234567890abcdef-01`);\n'
+        "[first, (await traceparent({}) as any).traceparent]"
+    )
+    result = execute(api, session, code, language="typescript")
+    assert result["error"] is None, result["error"]
+    [execution] = [s for s in spy.finished("execution") if s.attributes["mcpx.session"] == session]
+    calls = sorted(
+        (s for s in spy.finished("tool_call", 2) if s.attributes["mcpx.session"] == session), key=lambda s: s.start_time
+    )
+    assert result["result"] == [traceparent_of(call) for call in calls]
+    assert [parent_id(call) for call in calls] == [span_id(execution), 0x1234567890ABCDEF]
+
+
 def families(text: str) -> dict[str, Any]:
     return {family.name: family for family in text_string_to_metric_families(text)}
 

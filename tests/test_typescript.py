@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SECRET, LiveServer, SessionFactory, check_typescript, execute, make_settings
+from tests.conftest import ROOT, SECRET, LiveServer, SessionFactory, check_typescript, execute, make_settings
+
+# Feeds mcpx_node/wire.js's LineReader (limit 12 bytes) the chunks given as hex on argv; prints what it made of them.
+LINE_READER = """
+const { LineReader } = require(process.argv[1]);
+const reader = new LineReader(12);
+const out = [];
+for (const chunk of process.argv.slice(2)) {
+  try { out.push(reader.feed(Buffer.from(chunk, "hex"))); } catch (e) { out.push(e.constructor.name); }
+}
+console.log(JSON.stringify(out));
+"""
 
 
 def ts(api: httpx.Client, session: str, code: str, **body: Any) -> dict[str, Any]:
@@ -73,6 +85,17 @@ EVERYTHING_CALLS = {
     '[await echo({ message: "hi" }), await get_sum({ a: 2, b: 3 }), '
     'await get_structured_content({ location: "New York" })]',
 }
+
+
+def test_the_node_line_reader_joins_split_lines_and_refuses_long_ones() -> None:
+    chunks = [b'{"a":1}\n{"b":', b'"\xc3', b'\xa9"}\n[1]\nno\n\n{"c"', b":2}\n", b'{"d":"' + b"x" * 10, b"\n"]
+    wire = str(ROOT / "sandbox-image" / "mcpx_node" / "wire.js")
+    ran = subprocess.run(["node", "-e", LINE_READER, wire, *(c.hex() for c in chunks)], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    # A character split between chunks is whole; anything but an object is null; a line past 12 bytes is refused,
+    # and so is what follows it (the stream cannot be resynchronised).
+    refused = "FrameTooLarge"
+    assert json.loads(ran.stdout) == [[{"a": 1}], [], [{"b": "é"}, None, None, None], [{"c": 2}], refused, refused]
 
 
 @pytest.mark.parametrize("calls", [TIME_CALLS, EVERYTHING_CALLS], ids=["time", "everything"])

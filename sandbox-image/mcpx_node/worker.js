@@ -1,8 +1,9 @@
 "use strict";
 // The TypeScript worker: the Node.js twin of mcpx_runtime/worker.py, speaking the same pipe protocol.
 //
-// node worker.js CMD_FD EVT_FD. Commands arrive as JSON lines on CMD_FD ("execute", and "reply" to a call);
-// events leave as JSON lines on EVT_FD ("ready", "done", "call"). fd 1 and 2 are the supervisor's capture pipes.
+// node worker.js CMD_FD EVT_FD. Commands arrive as JSON lines on CMD_FD ("execute"); events leave as JSON lines
+// on EVT_FD ("ready", "done"). fd 1 and 2 are the supervisor's capture pipes. Tool calls go to the controller on a
+// connection of this worker's own (runtime.js), not through the supervisor.
 // Each cell is transpiled by sucrase (types stripped, imports turned into require) and evaluated by Node's REPL
 // evaluator, which gives top-level await and keeps declarations across cells in one global scope.
 
@@ -15,6 +16,7 @@ const stream = require("stream");
 const util = require("util");
 const { transform } = require("sucrase");
 const runtime = require("./runtime.js");
+const { LineReader } = require("./wire.js");
 
 const [CMD_FD, EVT_FD] = process.argv.slice(2).map(Number);
 const MAX_FRAME = Number(process.env.MCPX_MAX_FRAME || 16 * 1024 * 1024);
@@ -45,16 +47,7 @@ function send(message) {
   for (let offset = 0; offset < data.length; ) offset += fs.writeSync(EVT_FD, data, offset);
 }
 
-let nextId = 1;
-const pending = new Map();
-
-runtime.connect((method, params) => {
-  const id = nextId++;
-  return new Promise((resolve, reject) => {
-    pending.set(id, { resolve, reject });
-    send({ type: "call", id, method, params });
-  });
-});
+runtime.connect(process.env.MCPX_SOCKET || "/run/mcpx/bridge.sock", MAX_FRAME);
 
 function toJSON(value) {
   if (value === undefined) return null;
@@ -136,36 +129,23 @@ function runCell(source) {
 }
 
 let queue = Promise.resolve();
-let buffer = Buffer.alloc(0);
+const inbox = new LineReader(MAX_FRAME);
 const commands = new net.Socket({ fd: CMD_FD, readable: true, writable: false });
 commands.on("data", (chunk) => {
-  buffer = Buffer.concat([buffer, chunk]);
-  let end;
-  while ((end = buffer.indexOf(10)) >= 0) {
-    const line = buffer.subarray(0, end);
-    buffer = buffer.subarray(end + 1);
-    if (line.length > MAX_FRAME) process.exit(2);
-    let message;
-    try {
-      message = JSON.parse(line.toString("utf8"));
-    } catch {
-      continue;
-    }
-    if (message === null || typeof message !== "object") continue;
-    if (message.type === "reply") {
-      const call = pending.get(message.id);
-      pending.delete(message.id);
-      if (call === undefined) continue;
-      if (message.error != null) call.reject(runtime.errorFromReply(message.error));
-      else call.resolve(message.result);
-    } else if (message.type === "execute") {
-      queue = queue.then(async () => {
-        const reply = await runCell(String(message.code ?? ""));
-        send({ type: "done", id: message.id, ...reply });
-      });
-    }
+  let messages;
+  try {
+    messages = inbox.feed(chunk);
+  } catch {
+    process.exit(2);
   }
-  if (buffer.length > MAX_FRAME) process.exit(2);
+  for (const message of messages) {
+    if (message?.type !== "execute") continue;
+    queue = queue.then(async () => {
+      runtime.trace(typeof message.traceparent === "string" ? message.traceparent : "");
+      const reply = await runCell(String(message.code ?? ""));
+      send({ type: "done", id: message.id, ...reply });
+    });
+  }
 });
 commands.on("end", () => process.exit(0));
 commands.on("error", () => process.exit(0));

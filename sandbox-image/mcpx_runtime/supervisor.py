@@ -2,8 +2,8 @@
 
 It owns no user state. It relays `execute` to the worker, enforces the timeout (SIGINT, then SIGKILL of the
 worker's process group after a grace period), captures fd-level stdout/stderr, and restarts the worker whenever it
-dies, reporting `state_reset`. The Python worker calls tools on a connection of its own (see tools.py), so they
-never wait for this process; `call` events a worker sends on its pipe (the Node.js one does) are relayed.
+dies, reporting `state_reset`. Workers call tools on connections of their own (tools.py, mcpx_node/runtime.js), so
+a call never waits for this process.
 
 TypeScript executions run in a second worker, Node.js (`/opt/mcpx/node/worker.js`), started on the first of them
 and speaking the same pipe protocol: the same timeout, output capture, crash and OOM handling apply to both.
@@ -33,7 +33,6 @@ RECONNECT_S = float(os.environ.get("MCPX_RECONNECT_S", "30"))
 RECONNECT_EVERY_S = 0.1
 # The sandbox's end of life (Unix time), whatever happens to the controller; 0: none.
 EXPIRES_AT = float(os.environ.get("MCPX_EXPIRES_AT", "0"))
-FORWARDED_METHODS = frozenset({"tools/call", "tools/search"})
 READ_SIZE = 65536
 NODE = os.environ.get("MCPX_NODE", "/usr/bin/node")
 NODE_WORKER = os.environ.get("MCPX_NODE_WORKER", "/opt/mcpx/node/worker.js")
@@ -198,8 +197,6 @@ class Supervisor:
         self.inbox = LineReader(MAX_FRAME)
         self.execution: Execution | None = None
         self.pending: Message | None = None
-        self.forwarded: dict[int, tuple[Worker, Any]] = {}
-        self.next_id = 0
         self.running = True
         self.worker = self._start_worker("python")
         self.node: Worker | None = None  # started by the first TypeScript execution
@@ -243,10 +240,6 @@ class Supervisor:
                 self.reply_error(None, -32700, "parse error")
             elif isinstance(message.get("method"), str):
                 self._on_request(message)
-            elif isinstance(message.get("id"), int) and message["id"] in self.forwarded:
-                worker, call_id = self.forwarded.pop(message["id"])
-                reply = {"type": "reply", "id": call_id, "result": message.get("result"), "error": message.get("error")}
-                worker.send(reply)
 
     def _on_request(self, message: Message) -> None:
         method, request_id = message["method"], message.get("id")
@@ -361,8 +354,6 @@ class Supervisor:
             if fd in self.selector.get_map():
                 self.selector.unregister(fd)
         worker.close()
-        for call_id in [call_id for call_id, (caller, _) in self.forwarded.items() if caller is worker]:
-            del self.forwarded[call_id]
         if worker is self.worker:
             self.worker = self._start_worker("python")
         else:
@@ -398,10 +389,6 @@ class Supervisor:
             if error is not None:
                 error = {"kind": "exception", **error}
             self._finish(error, event.get("result"), state_reset=False)
-        elif kind == "call" and event.get("method") in FORWARDED_METHODS:
-            self.next_id += 1
-            self.forwarded[self.next_id] = (worker, event.get("id"))
-            self.send({"id": self.next_id, "method": event["method"], "params": event.get("params")})
 
     def _on_worker_death(self, worker: Worker, *, killed: bool) -> None:
         status = worker.kill()
@@ -487,10 +474,6 @@ class Supervisor:
             self.pending = None
             if self.execution is not None:
                 self.execution.orphaned, self.execution.stream = True, False
-            lost = {"code": -32000, "message": "the controller connection was lost"}
-            for worker, call_id in self.forwarded.values():
-                worker.send({"type": "reply", "id": call_id, "result": None, "error": lost})
-            self.forwarded.clear()
 
     def _reconnect(self) -> float | None:
         """One attempt; how long until the next one (None: connected)."""
