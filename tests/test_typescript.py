@@ -110,6 +110,26 @@ def test_tool_calls_from_typescript_get_the_same_results_as_from_python(
     assert typescript["tokens"]["tool_results"] == python["tokens"]["tool_results"] > 0
 
 
+def test_concurrent_calls_share_the_workers_connection_and_each_gets_its_own_reply(
+    api: httpx.Client, new_session: SessionFactory
+):
+    code = (
+        'const m = require("mcpx-runtime");\n'
+        "const order: string[] = [];\n"
+        'const slow = m.callTool("hostile", "sleep", { s: 0.5 }).then(() => order.push("slow"));\n'
+        'const echoes = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => m.callTool("everything", "echo", '
+        "{ message: String(i) })));\n"
+        'order.push("echoes");\n'
+        "await slow;\n"
+        "[echoes, order]"
+    )
+    reply = ts(api, new_session(), code)
+    assert reply["error"] is None, reply["error"]
+    # The replies came back out of order, each to its own call.
+    assert reply["result"] == [[f"Echo: {i}" for i in range(8)], ["echoes", "slow"]]
+    assert len(reply["tool_calls"]) == 9
+
+
 def test_a_tool_error_is_a_tool_error_with_its_kind_and_the_servers_message(
     api: httpx.Client, new_session: SessionFactory
 ):
