@@ -130,6 +130,29 @@ def test_concurrent_calls_share_the_workers_connection_and_each_gets_its_own_rep
     assert len(reply["tool_calls"]) == 9
 
 
+OVERSIZED = {
+    "python": "from servers.everything import echo\nfrom servers import ToolError\n"
+    "try:\n    echo(message='x' * 17 * 2**20)\nexcept ToolError as e:\n    print(type(e).__name__, e)\n"
+    "echo(message='after')",
+    "typescript": 'import { echo } from "servers/everything";\nimport { ToolError } from "servers";\n'
+    'try { await echo({ message: "x".repeat(17 * 2 ** 20) }); } catch (e) {\n'
+    "  if (!(e instanceof ToolError)) throw e;\n  console.log(e.name, e.message);\n}\n"
+    'await echo({ message: "after" })',
+}
+
+
+@pytest.mark.parametrize("language", ["python", "typescript"])
+def test_a_request_over_the_frame_limit_is_refused_in_the_sandbox_and_the_connection_lives_on(
+    api: httpx.Client, new_session: SessionFactory, language: str
+):
+    reply = execute(api, new_session(servers=["everything"]), OVERSIZED[language], language=language)
+    assert reply["error"] is None, reply["error"]
+    assert reply["stdout"].startswith("ToolError the request is 1"), reply["stdout"][:200]
+    assert "byte frame limit" in reply["stdout"]
+    assert reply["result"] == "Echo: after"
+    assert [call["tool"] for call in reply["tool_calls"]] == ["echo"]
+
+
 def test_a_tool_error_is_a_tool_error_with_its_kind_and_the_servers_message(
     api: httpx.Client, new_session: SessionFactory
 ):

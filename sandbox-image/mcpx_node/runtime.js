@@ -50,7 +50,8 @@ class Connection {
     const id = this.nextId++;
     const frame = Buffer.from(JSON.stringify({ jsonrpc: "2.0", id, method, params }) + "\n");
     if (frame.length > this.limit) {
-      return Promise.reject(new ToolError(`the request is ${frame.length} bytes, over the ${this.limit}-byte frame limit`));
+      const message = `the request is ${frame.length} bytes, over the ${this.limit}-byte frame limit`;
+      return Promise.reject(new ToolError(message));
     }
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
