@@ -47,4 +47,4 @@ class LineReader {
   }
 }
 
-module.exports = { FrameTooLarge, LineReader, decode };
+module.exports = { LineReader };
