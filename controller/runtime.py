@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,9 @@ LABEL_SESSION = "mcpx.session"
 LABEL_CONTROLLER = "mcpx.controller"
 LABEL_CREATED = "mcpx.created"
 LABEL_EXPIRES = "mcpx.expires"  # Unix time: any reaper may remove the sandbox after it
+# A sandbox whose last process is dying (an OOM kill under gVisor) is a zombie the engine cannot kill for a moment:
+# removal fails with a 500 until containerd reaps it. It is tried again, with backoff, for this long.
+REMOVE_RETRY_S = 10.0
 
 T = TypeVar("T")
 
@@ -259,15 +263,28 @@ class DockerBackend:
         return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
     async def remove(self, container_id: str) -> None:
+        """Remove a sandbox, running or not; one already gone (or being removed) is not an error.
+
+        Raises:
+            SandboxError: the engine refused, or still failed after REMOVE_RETRY_S.
+        """
         client = await self.client()
-        try:
-            await self._call(client.api.remove_container, container_id, force=True, v=True)
-        except RuntimeUnavailable as exc:
-            if isinstance(exc.__cause__, docker.errors.NotFound):
+        deadline, pause = time.monotonic() + REMOVE_RETRY_S, 0.05
+        while True:
+            try:
+                await self._call(client.api.remove_container, container_id, force=True, v=True)
                 return
-            if isinstance(exc.__cause__, docker.errors.APIError) and exc.__cause__.status_code == 409:
-                return  # removal already in progress
-            raise SandboxError(f"cannot remove sandbox {container_id}: {exc}") from exc
+            except RuntimeUnavailable as exc:
+                cause = exc.__cause__
+                if isinstance(cause, docker.errors.NotFound):
+                    return
+                status = cause.status_code if isinstance(cause, docker.errors.APIError) else None
+                if status == 409:
+                    return  # removal already in progress
+                if status != 500 or time.monotonic() + pause > deadline:
+                    raise SandboxError(f"cannot remove sandbox {container_id}: {exc}") from exc
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     async def owned(self, controller_id: str) -> list[OwnedSandbox]:
         """Every sandbox labelled as this controller's, running or not."""
