@@ -13,24 +13,33 @@ many (40): with 10 rounds of 50 calls, two runs a minute apart differed by 0.9 m
 The "direct paced" row is the direct call again, each one after a pause of PACED_PAUSE_S, as a call from a sandbox
 comes after the sandbox round trip. It does not change the verdict; it shows how much of the overhead is the MCP
 server (and the SDK) answering more slowly when calls are not back to back, which no sandbox path can avoid.
+
+The "bare proxy" row is the floor of any intermediary on this host: a do-nothing server on the baseline's event
+loop that reads a JSON-RPC line from a Unix socket, makes the same SDK call and writes the result back, called by a
+client in a process of its own, as sandbox code is. What mcpx adds beyond it is the controller's own work and the
+sandbox's. It does not change the verdict either.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
-from anyio.from_thread import start_blocking_portal
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from harness import controller, metadata, percentile, stop_on_sigterm
 from mcp import Client, StdioServerParameters
 from sessions import RUNTIMES
@@ -52,10 +61,36 @@ DIRECT_TIMEOUT_S = 300.0
 OVERHEAD_TARGET_MS = 1.0
 # About the time a runsc sandbox path spends between one answer and the next call on the 2-vCPU host we measure on.
 PACED_PAUSE_S = 0.0007
-DIRECT, PACED = "direct mcp", "direct paced"
+DIRECT, PACED, PROXY = "direct mcp", "direct paced", "bare proxy"
 # The durations come back as the cell's value: no token budget may cut them.
 MAX_OUTPUT_TOKENS = 1_000_000
 
+# The bare proxy's client, in its own process: for each line "<runs> <warmup>" on stdin, that many calls of the tool
+# (argv: socket path, call params as JSON); writes the timed calls' durations and the last result's size.
+PROXY_CLIENT = """\
+import json, socket, sys, time
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": json.loads(sys.argv[2])}
+frame = json.dumps(request).encode() + b"\\n"
+pending = b""
+for command in sys.stdin:
+    runs, warmup = map(int, command.split())
+    durations = []
+    for _ in range(warmup + runs):
+        started = time.perf_counter()
+        sock.sendall(frame)
+        while b"\\n" not in pending:
+            chunk = sock.recv(65536)
+            if not chunk:
+                sys.exit("the bare proxy closed the connection")
+            pending += chunk
+        durations.append(round((time.perf_counter() - started) * 1000, 4))
+        line, _, pending = pending.partition(b"\\n")
+    result = json.loads(line)["result"]
+    size = len(json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode())
+    print(json.dumps({"durations_ms": durations[warmup:], "result_bytes": size}), flush=True)
+"""
 # Sandbox code; each cell's trailing expression is what it measured. Durations go back in ms rounded to 0.1 us:
 # under ten characters a call in the result.
 SEQUENTIAL = """\
@@ -285,6 +320,70 @@ async def direct_calls(
     return Latency(tool_name(tool), path, samples[warmup:], size, [], [percentile(samples[warmup:], 50)])
 
 
+async def serve_proxy(client: Client, path: Path) -> asyncio.AbstractServer:
+    """The bare proxy: per line, a task that makes the SDK call and writes its result back; no checks, accounting
+    or tracing. It serves until closed."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        params = request["params"]
+        result = await client.call_tool(params["tool"], params["arguments"])
+        body = result.model_dump_json(by_alias=True, exclude_none=True)
+        writer.write(f'{{"jsonrpc":"2.0","id":{json.dumps(request["id"])},"result":{body}}}\n'.encode())
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            task = asyncio.create_task(answer(writer, json.loads(line)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    return await asyncio.start_unix_server(on_connection, path)
+
+
+class ProxyClient:
+    """The bare proxy's client process."""
+
+    def __init__(self, path: Path, tool: tuple[str, str, dict[str, Any]]) -> None:
+        server, name, arguments = tool
+        params = json.dumps({"server": server, "tool": name, "arguments": arguments})
+        command = [sys.executable, "-c", PROXY_CLIENT, str(path), params]
+        self.tool = tool
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def sequential(self, runs: int, warmup: int) -> Latency:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{runs} {warmup}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the bare proxy's client exited with {self.process.wait()}")
+        value = json.loads(line)
+        samples = value["durations_ms"]
+        return Latency(tool_name(self.tool), PROXY, samples, value["result_bytes"], [], [percentile(samples, 50)])
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@contextlib.contextmanager
+def bare_proxy(portal: BlockingPortal, client: Client, temp: Path) -> Iterator[ProxyClient]:
+    """The bare proxy on the portal's loop, and its client process connected to it."""
+    path = temp / "proxy.sock"
+    server = portal.call(serve_proxy, client, path)
+    proxy = ProxyClient(path, SMALL)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+        portal.call(close_server, server)
+
+
+async def close_server(server: asyncio.AbstractServer) -> None:
+    server.close()
+    await server.wait_closed()
+
+
 def roomy_policy(runs: int, warmup: int, large_runs: int) -> Policy:
     """Quotas no measurement reaches: the default policy allows 1,000 calls per execution (and one session runs
     every measurement of its runtime)."""
@@ -312,7 +411,7 @@ def has_typescript(api: httpx.Client) -> bool:
 
 
 def measure(
-    api: httpx.Client, runs: int, warmup: int, large_runs: int, rounds: int
+    api: httpx.Client, runs: int, warmup: int, large_runs: int, rounds: int, temp: Path
 ) -> tuple[list[Latency], list[Throughput]]:
     """Every path in turn, `rounds` times over; the concurrent calls after them."""
     typescript = has_typescript(api)
@@ -328,6 +427,7 @@ def measure(
             start_blocking_portal(backend_options={"use_uvloop": True}) as portal,
             portal.wrap_async_context_manager(Client(TIME, cache=None)) as time_client,
             portal.wrap_async_context_manager(Client(DOCSTORE, cache=None)) as docstore_client,
+            bare_proxy(portal, time_client, temp) as proxy,
         ):
             measured: dict[tuple[str, str], Latency] = {}
             for round_number in range(rounds):
@@ -336,6 +436,7 @@ def measure(
                 batches = [
                     portal.call(direct_calls, time_client, SMALL, runs // rounds, small_warmup),
                     portal.call(direct_calls, time_client, SMALL, runs // rounds, small_warmup, PACED_PAUSE_S),
+                    proxy.sequential(runs // rounds, small_warmup),
                     portal.call(direct_calls, docstore_client, LARGE, large_runs // rounds, LARGE_WARMUP),
                 ]
                 for bench in sessions.values():
@@ -411,6 +512,11 @@ def table(latencies: list[Latency], throughputs: list[Throughput], rows: list[Ov
         f"{PACED}: a {PACED_PAUSE_S * 1000:g} ms pause before each direct call alone adds {paced.ms:+.3f} ms; "
         "a sandbox's calls always come after such a pause (not part of the verdict)"
     )
+    proxy = overhead[tool_name(SMALL), PROXY]
+    lines.append(
+        f"{PROXY}: any intermediary adds {proxy.ms:+.3f} ms here (a line in, the SDK call, a line out; its client in "
+        "a process of its own); mcpx's controller and sandbox come on top of it (not part of the verdict)"
+    )
     return "\n".join(lines)
 
 
@@ -444,7 +550,7 @@ def main() -> None:
             httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api,
         ):
             expect_servers(api)
-            latencies, throughputs = measure(api, args.runs, args.warmup, args.large_runs, args.rounds)
+            latencies, throughputs = measure(api, args.runs, args.warmup, args.large_runs, args.rounds, Path(temp))
 
     rows = overheads(latencies)
     print(table(latencies, throughputs, rows))
