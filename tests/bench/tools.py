@@ -87,8 +87,10 @@ for command in sys.stdin:
             pending += chunk
         durations.append(round((time.perf_counter() - started) * 1000, 4))
         line, _, pending = pending.partition(b"\\n")
-    result = json.loads(line)["result"]
-    size = len(json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode())
+        reply = json.loads(line)
+        if "result" not in reply:
+            sys.exit(f"the bare proxy failed: {line[:300]!r}")
+    size = len(json.dumps(reply["result"], separators=(",", ":"), ensure_ascii=False).encode())
     print(json.dumps({"durations_ms": durations[warmup:], "result_bytes": size}), flush=True)
 """
 # Sandbox code; each cell's trailing expression is what it measured. Durations go back in ms rounded to 0.1 us:
@@ -327,7 +329,11 @@ async def serve_proxy(client: Client, path: Path) -> asyncio.AbstractServer:
 
     async def answer(writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
         params = request["params"]
-        result = await client.call_tool(params["tool"], params["arguments"])
+        try:
+            result = await client.call_tool(params["tool"], params["arguments"])
+        except Exception as exc:  # the client, which waits for an answer, reports it
+            writer.write(json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": repr(exc)}).encode() + b"\n")
+            return
         body = result.model_dump_json(by_alias=True, exclude_none=True)
         writer.write(f'{{"jsonrpc":"2.0","id":{json.dumps(request["id"])},"result":{body}}}\n'.encode())
 
