@@ -33,6 +33,17 @@ TYPESCRIPT = SERVERS / "npm" / "node_modules"  # where `make test-servers` insta
 SECRET = "sk-test-7c1f0e9b2d4a"
 
 
+# Fixtures that reach the Docker engine (a live controller creates sandboxes; its test config starts the engine's
+# neighbours too): a test that uses one, directly or through another fixture, is marked `docker`.
+DOCKER_FIXTURES = {"docker_client", "servers_file", "server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -245,6 +245,7 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
         yield live
 
 
+@pytest.mark.docker
 def test_the_api_key_comes_from_the_option_or_mcpx_api_key(
     keyed_server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,6 +277,7 @@ def test_doctor_with_a_url_checks_docker_gvisor_the_image_the_server_and_each_mc
     assert all(line.split()[0] in ("ok", "FAIL") for line in lines)
 
 
+@pytest.mark.docker
 def test_doctor_names_a_missing_image_and_an_unreachable_server_with_their_fixes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -324,6 +326,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "--help")[0] == 0
 
 
+@pytest.mark.docker
 def test_serve_still_serves_the_api_and_stops_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "servers.json"
     config.write_text(json.dumps({"mcpServers": {}}))

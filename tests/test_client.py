@@ -305,6 +305,7 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
         yield live
 
 
+@pytest.mark.docker
 async def test_the_api_key_is_sent_as_a_bearer_token_and_a_missing_or_wrong_one_is_refused(
     keyed_server: LiveServer,
 ) -> None:

@@ -72,6 +72,7 @@ def digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
+@pytest.mark.docker
 async def test_docstore_lists_four_documented_tools_with_output_schemas() -> None:
     async with connect("docstore") as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
@@ -88,6 +89,7 @@ async def test_docstore_lists_four_documented_tools_with_output_schemas() -> Non
     ]
 
 
+@pytest.mark.docker
 async def test_meeting_transcript_is_over_40k_tokens_and_states_the_deal_facts() -> None:
     async with connect("docstore") as client:
         listing = await call(client, "list_documents", kind="transcript")
@@ -102,6 +104,7 @@ async def test_meeting_transcript_is_over_40k_tokens_and_states_the_deal_facts()
         assert fact in content
 
 
+@pytest.mark.docker
 async def test_orders_sheet_has_10000_rows_a_filter_can_select_from() -> None:
     async with connect("docstore") as client:
         sheets = (await call(client, "list_documents", kind="sheet"))["documents"]
@@ -119,6 +122,7 @@ async def test_orders_sheet_has_10000_rows_a_filter_can_select_from() -> None:
     assert sum(order["customer"] == FEATURED.customer for order in orders) > 100
 
 
+@pytest.mark.docker
 async def test_search_finds_the_renewal_date_in_the_meeting_transcript() -> None:
     async with connect("docstore") as client:
         results = await call(client, "search_documents", query="renewal date", limit=3)
@@ -127,6 +131,7 @@ async def test_search_finds_the_renewal_date_in_the_meeting_transcript() -> None
     assert any("March 31st, 2026" in snippet for snippet in snippets)
 
 
+@pytest.mark.docker
 async def test_two_docstore_starts_serve_identical_content() -> None:
     digests = []
     for _ in range(2):
@@ -138,6 +143,7 @@ async def test_two_docstore_starts_serve_identical_content() -> None:
     assert digests[0] == digests[1]
 
 
+@pytest.mark.docker
 async def test_unknown_ids_and_misuse_are_error_results_that_say_what_to_do() -> None:
     async with connect("docstore") as client:
         unknown = await call_failing(client, "get_document", document_id="transcript-1")
@@ -149,6 +155,7 @@ async def test_unknown_ids_and_misuse_are_error_results_that_say_what_to_do() ->
     assert "query is empty" in empty
 
 
+@pytest.mark.docker
 async def test_crm_lists_five_tools_and_its_accounts_include_the_transcripts_customer() -> None:
     async with connect("crm") as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
@@ -160,6 +167,7 @@ async def test_crm_lists_five_tools_and_its_accounts_include_the_transcripts_cus
     assert everything["total"] >= 300
 
 
+@pytest.mark.docker
 async def test_unknown_record_ids_and_bad_fields_are_error_results_and_change_nothing() -> None:
     async with connect("crm") as client:
         unknown = await call_failing(client, "get_record", record_id="ACC-9999")
@@ -178,6 +186,7 @@ async def test_unknown_record_ids_and_bad_fields_are_error_results_and_change_no
     assert after["record"]["amount"] == FEATURED.initial_proposal and after["record"]["stage"] == "Proposal"
 
 
+@pytest.mark.docker
 async def test_update_record_and_a_transcript_sized_note_round_trip() -> None:
     transcript = build_corpus().entries[0].content
     async with connect("crm") as client:
@@ -192,6 +201,7 @@ async def test_update_record_and_a_transcript_sized_note_round_trip() -> None:
     assert notes["notes"][-1]["id"] == receipt["note_id"] and notes["notes"][-1]["text"] == transcript
 
 
+@pytest.mark.docker
 async def test_crm_records_are_identical_across_starts() -> None:
     digests = []
     for _ in range(2):
@@ -217,6 +227,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.docker
 async def test_docstore_serves_over_streamable_http(tmp_path: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "controller.demo.docstore", "--transport", "streamable-http", "--port", str(port)]

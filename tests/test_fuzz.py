@@ -133,6 +133,7 @@ def test_operation_answers_as_documented_and_never_with_a_server_error(
 
 
 @pytest.mark.parametrize("label", [label for label in OPERATIONS if label.split()[1].startswith("/v1/")])
+@pytest.mark.docker
 def test_requests_without_a_valid_key_are_refused_as_documented(keyed_schema: schemathesis.BaseSchema, label: str):
     def after(response: schemathesis.Response) -> None:
         assert response.status_code == 401, response.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mcp_types
+import pytest
 from inline_snapshot import snapshot
 
 from controller import stubgen, tsstubs
@@ -116,6 +117,7 @@ def test_rendering_is_deterministic_and_independent_of_listing_order() -> None:
     assert tsstubs.render(reordered(catalog)) == files
 
 
+@pytest.mark.docker
 def test_every_typescript_file_of_the_hostile_catalogs_parses_and_only_declares(tmp_path: Path) -> None:
     for name, catalog in (("unit", hostile_catalog()), ("server", hostile_server()), ("plain", CATALOG)):
         files = tsstubs.render(catalog)

@@ -87,6 +87,7 @@ EVERYTHING_CALLS = {
 }
 
 
+@pytest.mark.docker
 def test_the_node_line_reader_joins_split_lines_and_refuses_long_ones() -> None:
     chunks = [b'{"a":1}\n{"b":', b'"\xc3', b'\xa9"}\n[1]\nno\n\n{"c"', b":2}\n", b'{"d":"' + b"x" * 10, b"\n"]
     wire = str(ROOT / "sandbox-image" / "mcpx_node" / "wire.js")
