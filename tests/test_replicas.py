@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from tests.conftest import TIME_SERVER, LiveServer, free_port, make_settings
 
 ALPHA, BETA = "alpha-key-replicas-0123456789", "beta-key-replicas-9876543210"
 TOOL_CALL = "from servers.time import get_current_time\nget_current_time(timezone='UTC')['timezone']"
-# A replica that is gone must fail its sessions at once (connection refused), not after a timeout.
-GONE_WITHIN_S = 3.0
 
 
 @pytest.fixture
@@ -186,9 +183,13 @@ def test_sessions_made_through_either_replica_are_usable_through_both(
 def test_a_stream_through_a_non_owner_delivers_every_event(clients: tuple[httpx.Client, httpx.Client]) -> None:
     a, b = clients
     session_id = create(a)
-    code = "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.3)\n" + TOOL_CALL
+    # The code waits, after its first line, until the test has received that line: a buffered stream never ends.
+    code = (
+        "import os, time\nprint('tick', 0, flush=True)\nwhile not os.path.exists('/workspace/seen'):\n"
+        "    time.sleep(0.05)\nfor i in (1, 2):\n    print('tick', i, flush=True)\n" + TOOL_CALL
+    )
     events: list[tuple[str, Any]] = []
-    started, first_tick = time.monotonic(), None
+    released = False
     with b.stream(
         "POST", f"/v1/sessions/{session_id}/executions", json={"code": code}, headers={"accept": "text/event-stream"}
     ) as response:
@@ -200,15 +201,13 @@ def test_a_stream_through_a_non_owner_delivers_every_event(clients: tuple[httpx.
                 kind = line.removeprefix("event: ")
             elif line.startswith("data: "):
                 events.append((kind, json.loads(line.removeprefix("data: "))))
-                if kind == "output" and first_tick is None:
-                    first_tick = time.monotonic() - started
+                if kind == "output" and not released:
+                    assert a.put(f"/v1/sessions/{session_id}/files/seen", content=b"").status_code == 201
+                    released = True
     kinds = [kind for kind, _ in events]
     assert kinds[-1] == "result" and "tool_call" in kinds, kinds
     assert "".join(data["text"] for kind, data in events if kind == "output").count("tick") == 3
     assert events[-1][1]["result"] == "UTC"
-    # Streamed, not buffered by the forwarding replica: the first line came well before the end.
-    total = time.monotonic() - started
-    assert first_tick is not None and first_tick < total - 0.4, (first_tick, total)
     assert a.delete(f"/v1/sessions/{session_id}").status_code == 204
 
 
@@ -242,13 +241,12 @@ def test_sessions_of_a_replica_that_went_away_fail_at_once(
     with LiveServer(pair.c_settings) as c, httpx.Client(base_url=c.url, headers=headers(), timeout=120) as api_c:
         session_id = create(api_c)
         assert execute(a, session_id, "6 * 7")["result"] == 42
-    started = time.monotonic()
     for method, path in (("GET", ""), ("POST", "/executions"), ("GET", "/files")):
         body = {"code": "1"} if path == "/executions" else None
         response = a.request(method, f"/v1/sessions/{session_id}{path}", json=body)
         assert (response.status_code, response.json()["error"]) == (503, "replica_unavailable"), response.text
         assert pair.c_settings.controller_id in response.json()["detail"]
-    assert time.monotonic() - started < GONE_WITHIN_S
+        assert "(ConnectError)" in response.json()["detail"]  # refused at once, not a wait for the connect timeout
 
 
 # --- the MCP endpoint ---------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +186,7 @@ def test_an_infinite_loop_times_out_and_the_typescript_state_survives(
 ):
     session = new_session(runtime=runtime)
     ts(api, session, "let kept = 42;")
-    started = time.monotonic()
     reply = ts(api, session, "while (true) {}", timeout_s=2)
-    assert time.monotonic() - started < 10
     assert (reply["error"]["kind"], reply["error"]["type"], reply["state_reset"]) == ("timeout", "TimeoutError", False)
     assert ok(api, session, "kept") == 42
 

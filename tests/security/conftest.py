@@ -52,4 +52,4 @@ def result_of(reply: dict[str, Any]) -> Any:
 def expect_failure_under(request: pytest.FixtureRequest, runtime: str, runtimes: set[str], reason: str) -> None:
     """Mark this run as a known, undecided containment gap: strict, so a fix shows up as XPASS(strict)."""
     if runtime in runtimes:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
