@@ -21,6 +21,7 @@ from controller.catalog import ToolOutcome
 from controller.ledger import Ledger, ToolCall
 from controller.shaping import Tokens
 from controller.telemetry import Telemetry
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -63,14 +64,13 @@ async def test_a_call_is_booked_within_the_flush_delay_without_anyone_asking(
 ) -> None:
     events: list[Any] = []
     booked = book(books, {"text": "hello world"}, events=events)
-    await asyncio.sleep(0)
-    assert not booked.done() and audited(audit_path) == []
+    asyncio.get_running_loop().call_soon(events.append, "next turn")  # a batch waits longer than this
     call = await asyncio.wait_for(booked, ledger.FLUSH_AFTER_S * 20)
     value = {"text": "hello world"}
     assert (call.server, call.tool, call.ok, call.ms, call.bytes) == ("srv", "get", True, 1.5, len(json.dumps(value)))
     assert call.tokens == tokens.count_json(value)
     assert call.call_tokens == tokens.count_json({"name": "get", "arguments": {"q": "x"}})
-    assert events == [("tool_call", call.model_dump())]
+    assert events == ["next turn", ("tool_call", call.model_dump())]
     [entry] = audited(audit_path)
     assert entry["event"] == "tool.called" and entry["session"] == "s1" and entry["trace"] == "t1"
     assert "x" not in json.dumps(entry)  # argument values are never audited
@@ -85,20 +85,23 @@ async def test_flush_books_every_waiting_call_at_once_in_order(books: Ledger, au
 
 
 async def test_a_full_batch_is_booked_as_soon_as_the_current_answer_is_out(books: Ledger) -> None:
-    futures = [book(books, i) for i in range(ledger.MAX_PENDING)]
+    events: list[Any] = []
+    futures = [book(books, i, events=events) for i in range(ledger.MAX_PENDING)]
     assert not any(future.done() for future in futures)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert all(future.done() for future in futures)
+    asyncio.get_running_loop().call_soon(events.append, "next turn")  # the flush delay's timer would come after it
+    await asyncio.gather(*futures)
+    assert events.index("next turn") == ledger.MAX_PENDING
 
 
 async def test_the_audit_time_is_the_calls_not_the_flushs(books: Ledger, audit_path: Path) -> None:
     before = time.time()
     book(books, "early")
-    await asyncio.sleep(0.3)
+    booked_by = time.time()
+    # Audit times have milliseconds: the flush comes at a later one than any the call could have.
+    wait_until(lambda: time.time() > booked_by + 0.001, 10, "the clock to pass the call's millisecond")
     books.flush()
-    stamp = audited(audit_path)[0]["time"]
-    assert abs(datetime.fromisoformat(stamp).timestamp() - before) < 0.2
+    stamp = datetime.fromisoformat(audited(audit_path)[0]["time"]).timestamp()
+    assert before - 0.001 < stamp <= booked_by
 
 
 async def test_a_large_result_is_counted_apart_and_close_waits_for_it(books: Ledger, tokens: Tokens) -> None:

@@ -210,7 +210,9 @@ def test_a_sandbox_ends_itself_when_its_controller_is_frozen_or_gone(
         aged_out.wait()
         frozen = serve(tmp_path, port, controller_id, reconnect_s="2")
         silenced = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", timeout=60).json()["id"]
-        time.sleep(3)
+        # Quiet past its whole reconnect window, with only keepalives on its connection (or ended, which fails).
+        quiet_until = time.monotonic() + 1.5 * 2
+        wait_until(lambda: not running(silenced) or time.monotonic() > quiet_until, 30, "a window of quiet")
         assert running(silenced), "keepalives keep a quiet session's sandbox alive"
         frozen.send_signal(signal.SIGSTOP)  # no more keepalives on an open connection
         wait_until(lambda: not running(silenced), 15, "the sandbox of a frozen controller to end itself")
