@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import docker
 import httpx
 import pytest
@@ -57,6 +58,15 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.05)
+
+
+async def wait_until_async(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """`wait_until` for a condition that the running event loop itself must bring about."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        await anyio.sleep(0.01)
 
 
 class LiveServer:

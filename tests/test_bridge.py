@@ -14,6 +14,7 @@ import pytest
 
 from controller.bridge import MAX_CALL_CONNECTIONS, Bridge, RemoteError
 from controller.errors import BridgeClosed, BridgeTimeout
+from tests.conftest import wait_until_async
 
 pytestmark = pytest.mark.anyio
 MAX_FRAME = 1024
@@ -170,9 +171,7 @@ async def test_connections_over_the_limit_are_refused(bridge: Bridge):
 async def test_the_control_connection_is_the_first_after_none(bridge: Bridge):
     first = await connected(bridge)
     first.writer.close()
-    with anyio.fail_after(5):
-        while bridge.is_connected:  # noqa: ASYNC110 - the bridge has no event for a disconnect
-            await asyncio.sleep(0.01)
+    await wait_until_async(lambda: not bridge.is_connected, 5, "the bridge to see the disconnect")  # no event for it
     second = await connected(bridge)
 
     async def answer() -> None:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from mcp.types import CallToolResult, TextContent
 
 from controller.demo.documents import build_corpus
 from controller.demo.world import FEATURED
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -212,13 +212,16 @@ async def test_crm_records_are_identical_across_starts() -> None:
     assert digests[0] == digests[1]
 
 
-def test_corpus_generation_takes_under_a_second_of_cpu() -> None:
-    started = time.process_time()  # CPU time: wall time on a busy CI host says more about the neighbours
+def test_the_generated_corpus_is_all_ascii() -> None:
+    # Its CPU cost, which every docstore start pays, is a row of `make bench`.
     corpus = build_corpus()
-    elapsed = time.process_time() - started
     assert len(corpus.entries) >= 15
     assert all(entry.content.isascii() for entry in corpus.entries), "search maps lower-cased offsets back"
-    assert elapsed < 1.0, f"build_corpus took {elapsed:.2f} s of CPU"
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def free_port() -> int:
@@ -234,14 +237,8 @@ async def test_docstore_serves_over_streamable_http(tmp_path: Path) -> None:
     with (tmp_path / "stderr.log").open("wb") as errors:
         process = await anyio.open_process(command, cwd=ROOT, stdout=errors, stderr=errors)
     try:
+        wait_until(lambda: listening(port), SESSION_TIMEOUT_S, "the docstore to listen (see stderr.log)")
         with anyio.fail_after(SESSION_TIMEOUT_S):
-            while True:
-                assert process.returncode is None, (tmp_path / "stderr.log").read_text()
-                try:
-                    await (await anyio.connect_tcp("127.0.0.1", port)).aclose()
-                    break
-                except OSError:
-                    await anyio.sleep(0.05)  # nothing to wait on but the port itself
             async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=30) as client:
                 tools = (await client.list_tools()).tools
                 sheet = await call(client, "get_sheet", sheet_id="sheet-01")

@@ -19,6 +19,8 @@ from typing import TypeVar
 import httpx
 from harness import LABEL, controller, docker, metadata, percentile, remove_labelled, stop_on_sigterm
 
+from controller.demo.documents import build_corpus
+
 RUNTIMES = ("runsc", "runc")
 WARMUP = 3
 ROUND_TRIP_WARMUP = 20
@@ -131,6 +133,22 @@ class Bench:
             self.delete(session_id)
         return samples
 
+    def timeout_overshoot(self, runtime: str, runs: int, code: str) -> list[float]:
+        """How long after its timeout a runaway cell is answered (a fresh session each, created untimed): the
+        interrupt for a Python loop, the kill after the grace for a C loop deaf to it."""
+        samples = []
+        for _ in range(runs):
+            session_id = self.create(runtime)
+            body = {"code": code, "timeout_s": TIMEOUT_S}
+            started = time.perf_counter()
+            response = self.api.post(f"/v1/sessions/{session_id}/executions", json=body)
+            samples.append((time.perf_counter() - started - TIMEOUT_S) * 1000)
+            response.raise_for_status()
+            if (response.json()["error"] or {}).get("kind") != "timeout":
+                raise RuntimeError(f"{code!r} did not time out: {response.text}")
+            self.delete(session_id)
+        return samples
+
     def has_typescript(self) -> bool:
         session_id = self.create(RUNTIMES[-1])
         response = self.api.post(f"/v1/sessions/{session_id}/executions", json={"code": "1", "language": "typescript"})
@@ -153,10 +171,22 @@ class Bench:
 
 
 WARM_POOL = 2
+TIMEOUT_S = 1.0
+RUNAWAYS = {"timeout overshoot (SIGINT)": "while True:\n    pass", "timeout overshoot (kill)": "sum(range(10**15))"}
 
 
-def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int) -> list[Row]:
-    rows = []
+def corpus_build_cpu(runs: int) -> list[float]:
+    """CPU milliseconds of the docstore's corpus generation, which every start of the demo server pays."""
+    samples = []
+    for _ in range(runs):
+        started = time.process_time()
+        build_corpus()
+        samples.append((time.process_time() - started) * 1000)
+    return samples
+
+
+def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int, timeouts: int) -> list[Row]:
+    rows = [Row("demo corpus build (CPU)", "host", corpus_build_cpu(runs))]
     typescript = bench.has_typescript()  # an image built with TYPESCRIPT=0 has no TypeScript rows
     for runtime in RUNTIMES:
         round_trip = Row("execution round trip", runtime, bench.round_trip(runtime, round_trips))
@@ -168,6 +198,9 @@ def measure(bench: Bench, runs: int, round_trips: int, docker_runs: int) -> list
             round_trip,
             Row("docker run --rm python3", runtime, bench.docker_run(runtime, docker_runs)),
             docker_exec,
+        ]
+        rows += [
+            Row(name, runtime, bench.timeout_overshoot(runtime, timeouts, code)) for name, code in RUNAWAYS.items()
         ]
         if typescript:
             rows += [
@@ -195,13 +228,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="session creates and docker execs per runtime")
     parser.add_argument("--round-trips", type=int, default=200, help="executions in a warm session per runtime")
     parser.add_argument("--docker-runs", type=int, default=10, help="`docker run` baselines per runtime")
+    parser.add_argument("--timeouts", type=int, default=5, help="runaway cells per kind and runtime")
     args = parser.parse_args()
-    if min(args.runs, args.round_trips, args.docker_runs) < 2:
+    if min(args.runs, args.round_trips, args.docker_runs, args.timeouts) < 2:
         parser.error("every count must be at least 2 (for percentiles)")
     stop_on_sigterm()
 
     image = os.environ.get("MCPX_IMAGE", "mcpx-sandbox:latest")
-    info = metadata(image, {"create": args.runs, "round_trip": args.round_trips, "docker_run": args.docker_runs})
+    runs = {
+        "create": args.runs,
+        "round_trip": args.round_trips,
+        "docker_run": args.docker_runs,
+        "timeout": args.timeouts,
+    }
+    info = metadata(image, runs)
     label, warm_label = f"{LABEL}=bench{os.getpid()}", f"{LABEL}=benchwarm{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="mcpx-bench-") as temp:
         try:
@@ -210,7 +250,7 @@ def main() -> None:
                 controller(Path(temp), "bench", image, warm_pool_size=0) as url,
                 httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api,
             ):
-                rows = measure(Bench(api, image, label), args.runs, args.round_trips, args.docker_runs)
+                rows = measure(Bench(api, image, label), args.runs, args.round_trips, args.docker_runs, args.timeouts)
             with (
                 controller(Path(temp), "benchwarm", image, warm_pool_size=WARM_POOL) as url,
                 httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as api,
