@@ -22,6 +22,7 @@ import uvicorn
 from controller.api import create_app
 from controller.config import Limits, Settings
 from controller.telemetry import Telemetry
+from controller.workspaces import mounts_under
 
 IMAGE = os.environ.get("MCPX_TEST_IMAGE", "mcpx-sandbox:latest")
 PIDS_LIMIT = 128
@@ -103,6 +104,15 @@ def make_settings(state_dir: Path, **overrides: Any) -> Settings:
         "warm_pool_size": 0,
     }
     return Settings(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_workspace_mount_outlives_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test that fails while a controller it started is dead leaves that controller's workspaces loop-mounted
+    under its tmp_path: unmounted here, or they hold loop devices and a later run cannot delete old tmp dirs."""
+    yield
+    for mount_point in mounts_under(tmp_path_factory.getbasetemp()):
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.fixture(scope="session")
