@@ -54,7 +54,7 @@ ERROR_EXPORTS = (
     "ToolNotAllowed",
     "ToolTimeout",
 )
-RUNTIME_EXPORTS = (*ERROR_EXPORTS, "search_tools")
+RUNTIME_EXPORTS = (*ERROR_EXPORTS, "search_tools", "parallel")
 LINE = 120
 MAX_DEPTH = 8  # deeper schemas become Any: a hostile schema must not overflow the parser or our recursion
 MAX_LITERAL = 200  # a longer default or enum member is not worth a literal in a signature
@@ -441,6 +441,8 @@ def _root_module(plans: list[_ServerPlan]) -> str:
         "SERVERS below lists them with one line each; `servers/<server>/__init__.py` lists a server's tools.\n"
         "Every tool is a typed function; its file has the parameters and the full description.\n"
         '`search_tools(query, detail="name"|"description"|"full")` finds tools by what they do.\n'
+        "A call returns its result; `await tool(...)` or `asyncio.gather(a(...), b(...))` runs calls at once,\n"
+        "and `parallel(tool, [{...}, ...])` does so from plain code.\n"
         "A failed call raises `ToolError` (or a subclass) with the server's message."
     )
     entries = "".join(f"    {plan.ident!r}: {_one_line(plan.info.description)!r},\n" for plan in plans)
