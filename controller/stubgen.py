@@ -351,6 +351,10 @@ class _Stub:
         optional = [param.source for param in self.params if param.default is not None]
         return required + (["*", *optional] if optional else [])
 
+    def line(self) -> str:
+        """The signature on one line, e.g. `get_current_time(timezone: str) -> GetCurrentTimeResult`."""
+        return f"{self.ident}({', '.join(self.parameters())}) -> {self.returns}"
+
 
 def _stub(server: ServerInfo, tool: ToolInfo, ident: str) -> _Stub:
     module, prefix = _Module(), _pascal(ident)
@@ -512,9 +516,43 @@ def signature(snapshot: CatalogSnapshot, server: str, tool: str) -> str:
     for plan in _plan(snapshot):
         for ident, info in plan.tools if plan.info.name == server else ():
             if info.name == tool:
-                stub = _stub(plan.info, info, ident)
-                return f"{ident}({', '.join(stub.parameters())}) -> {stub.returns}"
+                return _stub(plan.info, info, ident).line()
     raise KeyError((server, tool))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a stub: its Python name, the argument it sends, and that argument's schema."""
+
+    ident: str
+    wire: str
+    required: bool
+    schema: object
+
+
+@dataclass(frozen=True)
+class Interface:
+    """What code sees of one tool: where it is imported from, its parameters and its one-line signature."""
+
+    server: ServerInfo
+    tool: ToolInfo
+    server_ident: str
+    ident: str
+    parameters: tuple[Parameter, ...]
+    signature: str
+
+
+def interfaces(snapshot: CatalogSnapshot) -> dict[str, dict[str, Interface]]:
+    """Every tool's interface, by server identifier and then tool identifier (the names code imports)."""
+    found: dict[str, dict[str, Interface]] = {}
+    for plan in _plan(snapshot):
+        tools = found.setdefault(plan.ident, {})
+        for ident, tool in plan.tools:
+            stub = _stub(plan.info, tool, ident)
+            schema = _properties(tool.input_schema if isinstance(tool.input_schema, dict) else {})
+            parameters = tuple(Parameter(p.ident, p.wire, p.default is None, schema.get(p.wire)) for p in stub.params)
+            tools[ident] = Interface(plan.info, tool, plan.ident, ident, parameters, stub.line())
+    return found
 
 
 # --- writing -------------------------------------------------------------------------------------------------
