@@ -89,7 +89,7 @@ def test_code_that_calls_tools_rightly_or_dynamically_passes(code: str):
         ("from servers.crm import search_records\nsearch_records(query=5)", "wrong_type", "expects string"),
         ("from servers.crm import search_records\nsearch_records(query='x', limit='5')", "wrong_type", "integer"),
         ("from servers.crm import search_records\nsearch_records(query='x', limit=True)", "wrong_type", "bool"),
-        ("from servers.crm import search_records\nsearch_records(query='x', kind='lead')", "wrong_type", "one of 'account', 'contact'"),
+        ("from servers.crm import search_records\nsearch_records(query='x', kind='lead')", "wrong_type", "one of"),
         ("from servers.crm import search_records\nsearch_records(query=['x'])", "wrong_type", "list"),
         ("from servers.crm import add_note\ndef f():\n    add_note(record_id=1, text='b')", "wrong_type", "int"),
     ],
