@@ -44,7 +44,7 @@ from controller.errors import (
     UnknownServers,
     WorkspaceError,
 )
-from controller.policy import Policy
+from controller.policy import Policy, Preflight
 from controller.replicas import Forwarder, Replicas
 from controller.runtime import DockerBackend, SandboxBackend
 from controller.sessions import ExecutionResult, Session, SessionManager, TokenReport
@@ -138,6 +138,12 @@ class ExecutionRequest(BaseModel):
     strategy: Strategy | None = Field(
         default=None, description="How output over budget is cut: truncate, summarize (JSON shape) or sample."
     )
+    preflight: Preflight | None = Field(
+        default=None,
+        description="Check Python code against the stubs before it runs: enforce (refuse on a finding, "
+        "error.kind preflight), warn (run, findings in `preflight`) or off; default: the session's policy.",
+    )
+    dry_run: bool = Field(default=False, description="Run nothing: only the pre-flight findings and the manifest.")
 
 
 class ToolSummary(BaseModel):
@@ -450,10 +456,11 @@ def create_app(
             raise BadRequest(f"code is larger than {settings.max_code_bytes} bytes", status=413)
         if request.timeout_s is not None and request.timeout_s > settings.max_timeout_s:
             raise BadRequest(f"timeout_s must be at most {settings.max_timeout_s}")
-        options = (request.timeout_s, request.max_output_tokens, request.strategy, request.language)
+        options = (request.timeout_s, request.max_output_tokens, request.strategy, request.language, request.preflight)
         if "text/event-stream" not in accept:
-            return await manager.execute(session, request.code, options[0], None, *options[1:])
-        return StreamingResponse(stream(session, request.code, *options), media_type="text/event-stream")
+            return await manager.execute(session, request.code, options[0], None, *options[1:], request.dry_run)
+        events = stream(session, request.code, *options, request.dry_run)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     async def stream(
         session: Session,
@@ -462,11 +469,21 @@ def create_app(
         budget: int | None,
         strategy: Strategy | None,
         language: Language,
+        checks: Preflight | None,
+        dry_run: bool,
     ) -> AsyncIterator[str]:
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         running = asyncio.create_task(
             manager.execute(
-                session, code, timeout_s, lambda kind, data: events.put_nowait((kind, data)), budget, strategy, language
+                session,
+                code,
+                timeout_s,
+                lambda kind, data: events.put_nowait((kind, data)),
+                budget,
+                strategy,
+                language,
+                checks,
+                dry_run,
             )
         )
         running.add_done_callback(lambda task: events.put_nowait(("done", None)))

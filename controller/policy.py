@@ -11,7 +11,7 @@ import ast
 import functools
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import jsonschema
 import jsonschema.exceptions
@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from controller.catalog import CatalogSnapshot, ToolInfo
+
+
+Preflight = Literal["enforce", "warn", "off"]
 
 
 class PolicyRefusal(Exception):
@@ -143,6 +146,11 @@ class Policy(BaseModel):
     denied_imports: list[str] = Field(
         default_factory=list, description="Modules the static pre-check refuses (defence in depth, not a boundary)."
     )
+    preflight: Preflight = Field(
+        default="enforce",
+        description="Python code is checked against the stubs before it runs: refused on a finding (enforce), run "
+        "with the findings in the response (warn), or not checked (off). A request may choose for itself.",
+    )
 
     def within(self, server_wide: Policy) -> Policy:
         """This (requested) policy, no looser than the server-wide one: quotas take the lower, denials add up."""
@@ -158,6 +166,8 @@ class Policy(BaseModel):
                 self.max_result_bytes_per_execution, server_wide.max_result_bytes_per_execution
             ),
             denied_imports=sorted({*self.denied_imports, *server_wide.denied_imports}),
+            # Not a limit but a help to the code's author: the session's own choice stands.
+            preflight=self.preflight if "preflight" in self.model_fields_set else server_wide.preflight,
         )
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller import discovery, shaping, stubgen, tsstubs
+from controller import discovery, preflight, shaping, stubgen, tsstubs
 from controller.anomalies import Anomaly, Detector
 from controller.audit import AuditLog
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
@@ -45,7 +45,8 @@ from controller.errors import (
     WorkspaceError,
 )
 from controller.ledger import EventListener, Ledger, ToolCall
-from controller.policy import Policy, PolicyRefusal, check_call, denied_imports, redact
+from controller.policy import Policy, PolicyRefusal, Preflight, check_call, denied_imports, redact
+from controller.preflight import Finding, Reach
 from controller.recovery import SessionRecord, read_record, write_record
 from controller.runtime import (
     SANDBOX_USER,
@@ -77,7 +78,7 @@ OOM_EVENT_WAIT_S = 2.0
 class ExecutionError(BaseModel):
     """Why an execution did not complete normally."""
 
-    kind: Literal["exception", "timeout", "interrupted", "oom", "crash", "policy"]
+    kind: Literal["exception", "timeout", "interrupted", "oom", "crash", "policy", "preflight"]
     type: str
     message: str
     traceback: str = ""
@@ -149,6 +150,12 @@ class ExecutionResult(BaseModel):
     tokens: TokenReport = TokenReport()
     full_output: dict[str, str] = Field(
         default_factory=dict, description="Where the full text of each part that was cut is saved in the workspace."
+    )
+    manifest: list[Reach] = Field(
+        default_factory=list, description="Every tool the code can reach statically, read-only or destructive."
+    )
+    preflight: list[Finding] = Field(
+        default_factory=list, description="What the pre-flight check found (with `warn`, or a dry run)."
     )
 
 
@@ -254,6 +261,7 @@ class SessionManager:
         self.catalog = catalog
         self.secrets = secrets
         self._trees: dict[str, Path] = {}
+        self._interfaces: dict[str, preflight.Tools] = {}
         self.pool: list[Session] = []
         self._creating: list[str] = []
         self._refill = asyncio.Event()
@@ -570,9 +578,12 @@ class SessionManager:
         max_output_tokens: int | None = None,
         strategy: Strategy | None = None,
         language: Language = "python",
+        checks: Preflight | None = None,
+        dry_run: bool = False,
     ) -> ExecutionResult:
         """Run code in the session's interpreter for `language`, then shape its output to the token budget;
-        executions of one session run one at a time.
+        executions of one session run one at a time. Python code is checked against the stubs first (`checks`,
+        default the policy's): `dry_run` only checks it and lists what it can reach.
 
         Raises:
             SandboxError: the sandbox died and could not be restarted.
@@ -591,7 +602,8 @@ class SessionManager:
                 session.traceparent = self.telemetry.traceparent()
                 span.set_attribute("mcpx.trace", session.trace)
                 try:
-                    result = await self._run(session, code, timeout, language, max_output_tokens, strategy)
+                    checking = (checks or session.policy.preflight, dry_run)
+                    result = await self._run(session, code, timeout, language, max_output_tokens, strategy, checking)
                 finally:
                     session.listener = None
                     session.traceparent = ""
@@ -606,6 +618,23 @@ class SessionManager:
             self._raise(self.anomalies.execution(session.id, session.tenant, now - started, now), session)
             return result
 
+    def _preflight(self, session: Session, code: str, language: Language) -> preflight.Report:
+        if language != "python" or "servers" not in code:
+            return preflight.Report()
+        view = self.catalog.snapshot.only(session.servers)
+        tools = self._interfaces.get(view.digest)
+        if tools is None:
+            tools = self._interfaces[view.digest] = stubgen.interfaces(view)
+        return preflight.check(code, tools)
+
+    @staticmethod
+    def _checked(report: preflight.Report, dry_run: bool) -> ExecutionResult:
+        """The response to code that is not run: a dry run, or one the pre-flight check refused."""
+        if dry_run:
+            return ExecutionResult(preflight=report.findings)
+        error = ExecutionError(kind="preflight", type="PreflightError", message=preflight.summary(report.findings))
+        return ExecutionResult(error=error, preflight=report.findings)
+
     async def _run(
         self,
         session: Session,
@@ -614,7 +643,9 @@ class SessionManager:
         language: Language,
         max_output_tokens: int | None,
         strategy: Strategy | None,
+        checking: tuple[Preflight, bool] = ("off", False),
     ) -> ExecutionResult:
+        (mode, dry_run), report = checking, self._preflight(session, code, language)
         refused = denied_imports(code, frozenset(session.policy.denied_imports))
         if language == "typescript" and session.policy.denied_imports:
             # The import check reads Python only: refuse rather than let TypeScript bypass the policy.
@@ -627,8 +658,15 @@ class SessionManager:
                 error=ExecutionError(kind="policy", type="PolicyRefusal",
                                      message="imports denied by this session's policy: " + "; ".join(refused))
             )  # fmt: skip
+        elif dry_run or (mode == "enforce" and report.findings):
+            result = self._checked(report, dry_run)
+            if not dry_run:
+                self.audit.record("preflight.refused", session=session.id, trace=session.trace,
+                                  found=[finding.kind for finding in report.findings])  # fmt: skip
         else:
             result = await self._execute(session, code, timeout_s, language)
+            result.preflight = report.findings if mode == "warn" else []
+        result.manifest = report.manifest
         if result.error is not None and result.error.kind in ("timeout", "oom", "crash"):
             event = f"execution.{result.error.kind}"
             self.audit.record(event, session=session.id, trace=session.trace, state_reset=result.state_reset)

@@ -54,7 +54,7 @@ ERROR_EXPORTS = (
     "ToolNotAllowed",
     "ToolTimeout",
 )
-RUNTIME_EXPORTS = (*ERROR_EXPORTS, "search_tools")
+RUNTIME_EXPORTS = (*ERROR_EXPORTS, "search_tools", "parallel")
 LINE = 120
 MAX_DEPTH = 8  # deeper schemas become Any: a hostile schema must not overflow the parser or our recursion
 MAX_LITERAL = 200  # a longer default or enum member is not worth a literal in a signature
@@ -351,6 +351,10 @@ class _Stub:
         optional = [param.source for param in self.params if param.default is not None]
         return required + (["*", *optional] if optional else [])
 
+    def line(self) -> str:
+        """The signature on one line, e.g. `get_current_time(timezone: str) -> GetCurrentTimeResult`."""
+        return f"{self.ident}({', '.join(self.parameters())}) -> {self.returns}"
+
 
 def _stub(server: ServerInfo, tool: ToolInfo, ident: str) -> _Stub:
     module, prefix = _Module(), _pascal(ident)
@@ -441,6 +445,8 @@ def _root_module(plans: list[_ServerPlan]) -> str:
         "SERVERS below lists them with one line each; `servers/<server>/__init__.py` lists a server's tools.\n"
         "Every tool is a typed function; its file has the parameters and the full description.\n"
         '`search_tools(query, detail="name"|"description"|"full")` finds tools by what they do.\n'
+        "A call returns its result; `await tool(...)` or `asyncio.gather(a(...), b(...))` runs calls at once,\n"
+        "and `parallel(tool, [{...}, ...])` does so from plain code.\n"
         "A failed call raises `ToolError` (or a subclass) with the server's message."
     )
     entries = "".join(f"    {plan.ident!r}: {_one_line(plan.info.description)!r},\n" for plan in plans)
@@ -510,9 +516,43 @@ def signature(snapshot: CatalogSnapshot, server: str, tool: str) -> str:
     for plan in _plan(snapshot):
         for ident, info in plan.tools if plan.info.name == server else ():
             if info.name == tool:
-                stub = _stub(plan.info, info, ident)
-                return f"{ident}({', '.join(stub.parameters())}) -> {stub.returns}"
+                return _stub(plan.info, info, ident).line()
     raise KeyError((server, tool))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a stub: its Python name, the argument it sends, and that argument's schema."""
+
+    ident: str
+    wire: str
+    required: bool
+    schema: object
+
+
+@dataclass(frozen=True)
+class Interface:
+    """What code sees of one tool: where it is imported from, its parameters and its one-line signature."""
+
+    server: ServerInfo
+    tool: ToolInfo
+    server_ident: str
+    ident: str
+    parameters: tuple[Parameter, ...]
+    signature: str
+
+
+def interfaces(snapshot: CatalogSnapshot) -> dict[str, dict[str, Interface]]:
+    """Every tool's interface, by server identifier and then tool identifier (the names code imports)."""
+    found: dict[str, dict[str, Interface]] = {}
+    for plan in _plan(snapshot):
+        tools = found.setdefault(plan.ident, {})
+        for ident, tool in plan.tools:
+            stub = _stub(plan.info, tool, ident)
+            schema = _properties(tool.input_schema if isinstance(tool.input_schema, dict) else {})
+            parameters = tuple(Parameter(p.ident, p.wire, p.default is None, schema.get(p.wire)) for p in stub.params)
+            tools[ident] = Interface(plan.info, tool, plan.ident, ident, parameters, stub.line())
+    return found
 
 
 # --- writing -------------------------------------------------------------------------------------------------

@@ -438,6 +438,8 @@ def test_packages_list_servers_and_tools_with_one_line_descriptions_and_reexport
 SERVERS below lists them with one line each; `servers/<server>/__init__.py` lists a server's tools.
 Every tool is a typed function; its file has the parameters and the full description.
 `search_tools(query, detail="name"|"description"|"full")` finds tools by what they do.
+A call returns its result; `await tool(...)` or `asyncio.gather(a(...), b(...))` runs calls at once,
+and `parallel(tool, [{...}, ...])` does so from plain code.
 A failed call raises `ToolError` (or a subclass) with the server's message.
 """
 
@@ -450,6 +452,7 @@ from mcpx_runtime.tools import (
     ToolNotAllowed,
     ToolTimeout,
     search_tools,
+    parallel,
 )
 
 SERVERS: dict[str, str] = {
@@ -467,6 +470,7 @@ __all__ = [
     'ToolNotAllowed',
     'ToolTimeout',
     'search_tools',
+    'parallel',
 ]
 ''')
     assert files["servers/files/__init__.py"] == snapshot('''\

@@ -150,7 +150,9 @@ def test_unknown_tools_and_invalid_arguments_are_refused_naming_the_problem(
     )
     assert invalid["error"]["type"] == "InvalidArguments"
     assert "'s'" in invalid["error"]["message"]
-    missing = execute(api, session, "from servers.time import get_current_time\nget_current_time(timezone=5)")
+    # The controller's own check, behind the pre-flight one that would refuse this literal before it runs.
+    code = "from servers.time import get_current_time\nget_current_time(timezone=5)"
+    missing = execute(api, session, code, preflight="off")
     assert missing["error"]["type"] == "InvalidArguments"
     assert "timezone" in missing["error"]["message"]
     assert hostile_calls(hostile_log) == before

@@ -1,8 +1,9 @@
 """What generated stubs call: MCP tools, reached through the controller on the interpreter's own connection.
 
-A stub called from plain code blocks and returns the tool's result. Called from a coroutine (a cell that uses
-`await`, or an `async def`), it returns an awaitable instead, and the request is already on its way, so
-`await asyncio.gather(a(), b())` runs tools concurrently. Threads may call stubs concurrently too.
+A stub call returns the tool's result, always: in plain code, in a cell that uses `await`, inside `async def`. A
+call the cell awaits, gathers or schedules as a task (`await get(...)`, `asyncio.gather(a(...), b(...))`; the rule
+is in `cells`) returns an awaitable instead, its request already on its way, so those calls run concurrently.
+`parallel` runs many plain calls at once from plain code; threads may call stubs concurrently too.
 
 There is no reader thread: under gVisor every thread hand-off costs as much as the socket round trip itself. A
 caller that waits reads the connection itself and hands other callers their replies (leader and followers); an
@@ -17,12 +18,15 @@ import socket
 import sys
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from mcpx_runtime.wire import FrameTooLarge, LineReader, Message, encode
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable, Coroutine, Iterable, Mapping
+
+T = TypeVar("T")
 
 CO_COROUTINE, CO_ASYNC_GENERATOR = 0x80, 0x200
 TRANSPARENT = frozenset({"<genexpr>", "<listcomp>", "<dictcomp>", "<setcomp>", "<lambda>"})
@@ -90,6 +94,11 @@ ERRORS: dict[str, type[ToolError]] = {
         InvalidResult,
     )
 }
+
+
+# Named where the agent imports them from (`from servers import ToolError`), in tracebacks too.
+for _error in ERRORS.values():
+    _error.__module__ = "servers"
 
 
 def error_from_reply(error: Any) -> ToolError:
@@ -183,8 +192,9 @@ class Connection:
         self.wait(future)
         return future.result()
 
-    def awaitable(self, future: Future[Any]) -> asyncio.Future[Any]:
-        """The future for the running event loop; one executor thread reads replies while any are due."""
+    def awaitable(self, future: Future[Any]) -> Coroutine[Any, Any, Any]:
+        """The reply as a coroutine of the running event loop (what `await`, `gather` and `create_task` all take);
+        one executor thread reads replies while any are due."""
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -192,7 +202,7 @@ class Connection:
             start, self._pumping = not self._pumping, True
         if start:
             loop.run_in_executor(None, self._pump)
-        return asyncio.wrap_future(future, loop=loop)
+        return _settled(asyncio.wrap_future(future, loop=loop))
 
     def _pump(self) -> None:
         while True:
@@ -263,6 +273,10 @@ class Connection:
                 future.set_exception(ToolError(reason))
 
 
+async def _settled(reply: asyncio.Future[Any]) -> Any:
+    return await reply
+
+
 _connection: Connection | None = None
 
 
@@ -287,21 +301,33 @@ def _connected() -> Connection:
     return _connection
 
 
-def _in_coroutine() -> bool:
-    """Whether the code that called the stub is a coroutine running in this thread's event loop.
+def awaited(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`function(*args, **kwargs)` at a call site the cell hands to the event loop (see `cells`): a stub called
+    from here returns an awaitable."""
+    return function(*args, **kwargs)
 
-    Stub and runtime frames are skipped, and so are comprehensions, generator expressions and lambdas, which
-    belong to the code around them: `gather(*(tool(x) for x in xs))` in a coroutine gets awaitables.
+
+_AWAITED = awaited.__code__
+
+
+def _wants_awaitable() -> bool:
+    """Whether the stub's caller hands the call to the running event loop.
+
+    A rewritten cell (and every function it defines) says so through `awaited`; its other calls are plain. Code the
+    cell did not write, such as a module of the workspace, keeps the rule of Python's own coroutines: a call from a
+    coroutine, or from a comprehension, generator expression or lambda inside one, gets an awaitable.
     """
     asyncio = sys.modules.get("asyncio")
     if asyncio is None or asyncio._get_running_loop() is None:
         return False
-    frame = sys._getframe(1)
-    while frame is not None and (
-        frame.f_globals.get("__name__", "").startswith("servers.")
-        or frame.f_globals.get("__name__") == __name__
-        or frame.f_code.co_name in TRANSPARENT
-    ):
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("servers."):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or frame.f_code is _AWAITED:
+        return frame is not None
+    if frame.f_code.co_filename.startswith("<cell-"):
+        return False
+    while frame is not None and frame.f_code.co_name in TRANSPARENT:
         frame = frame.f_back  # type: ignore[assignment]
     return frame is not None and bool(frame.f_code.co_flags & (CO_COROUTINE | CO_ASYNC_GENERATOR))
 
@@ -317,7 +343,7 @@ def call_tool(server: str, tool: str, arguments: dict[str, Any], omit_none: tupl
     if traceparent:
         params["_meta"] = {"traceparent": traceparent}
     connection = _connected()
-    if _in_coroutine():
+    if _wants_awaitable():
         future: Future[Any] = Future()
         connection.request("tools/call", params, future)
         return connection.awaitable(future)
@@ -338,3 +364,19 @@ def search_tools(
     connection.request("tools/search", {"query": query, "detail": detail, "limit": limit}, slot)
     result: list[dict[str, Any]] = connection.result(slot)
     return result
+
+
+def parallel(function: Callable[..., T], calls: Iterable[Mapping[str, Any]], *, limit: int = 8) -> list[T]:
+    """`function(**arguments)` for each of `calls`, up to `limit` at once, from plain code: the results in order.
+
+    `parallel(get_document, [{"document_id": d} for d in ids])`. Every call runs to its end; the first one that
+    failed (in order) is then raised.
+
+    Raises:
+        ToolError: (or a subclass, or whatever `function` raised) one of the calls failed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, min(limit, 32))) as pool:
+        futures = [pool.submit(function, **arguments) for arguments in calls]
+    return [future.result() for future in futures]

@@ -21,7 +21,7 @@ import traceback
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-from mcpx_runtime import tools
+from mcpx_runtime import cells, tools
 from mcpx_runtime.wire import LineReader, Message, encode
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # A returned value travels in one frame with the output; the controller shapes it to the token budget.
 MAX_RESULT_CHARS = int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024)))
 _cell_numbers = itertools.count(1)
+# The runtime's own frames (this loop, the tool-call plumbing) are none of the agent's business in a traceback.
+RUNTIME_DIR = os.path.dirname(__file__) + os.sep
 
 
 class Channel:
@@ -81,7 +83,8 @@ class Interpreter:
     def _run(self, code: str) -> Any:
         filename = f"<cell-{next(_cell_numbers)}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
-        tree = ast.parse(code, filename, "exec")
+        tree = cells.rewrite(ast.parse(code, filename, "exec"))
+        self.namespace[cells.AWAITED] = tools.awaited
         tail: ast.expr | None = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             tail = tree.body.pop().value  # type: ignore[attr-defined]
@@ -151,7 +154,7 @@ def describe(exc: BaseException) -> Message:
     frames = [
         (frame, lineno)
         for frame, lineno in traceback.walk_tb(exc.__traceback__)
-        if frame.f_code.co_filename != __file__ and not isinstance(exc, SyntaxError)
+        if not frame.f_code.co_filename.startswith(RUNTIME_DIR) and not isinstance(exc, SyntaxError)
     ]
     lines = [] if not frames else ["Traceback (most recent call last):\n"]
     lines += traceback.StackSummary.extract(iter(frames)).format()
