@@ -16,6 +16,10 @@ RUNTIME ?= runsc
 SERVERS := .servers
 TIME_SERVER := $(SERVERS)/time/bin/mcp-server-time
 EVERYTHING_SERVER := $(SERVERS)/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
+# The real servers whose tools the search benchmark's labelled queries are about.
+GIT_SERVER := $(SERVERS)/git/bin/mcp-server-git
+NPM_SERVERS := filesystem@2026.8.31 memory@2026.8.31 postgres@0.6.2
+NPM_SERVER_FILES := $(foreach s,$(NPM_SERVERS),$(SERVERS)/npm/node_modules/@modelcontextprotocol/server-$(firstword $(subst @, ,$(s)))/package.json)
 # The TypeScript compiler, to parse and type-check the generated .ts stubs in the tests.
 TSC := $(SERVERS)/npm/node_modules/typescript/lib/typescript.js
 TYPESCRIPT ?= 1
@@ -50,10 +54,17 @@ $(EVERYTHING_SERVER):
 	mkdir -p $(SERVERS)/npm
 	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent @modelcontextprotocol/server-everything@2026.8.31
 
+$(GIT_SERVER):
+	$(PYTHON) -m venv $(SERVERS)/git
+	$(SERVERS)/git/bin/pip install --quiet mcp-server-git==2026.10.19
+
+$(NPM_SERVER_FILES) &: $(EVERYTHING_SERVER)
+	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent $(addprefix @modelcontextprotocol/server-,$(NPM_SERVERS))
+
 $(TSC): $(EVERYTHING_SERVER)
 	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent typescript@5.9.3
 
-test-servers: $(TIME_SERVER) $(EVERYTHING_SERVER) $(TSC) ## Install the third-party MCP servers (and tsc) the tests use
+test-servers: $(TIME_SERVER) $(EVERYTHING_SERVER) $(TSC) $(GIT_SERVER) $(NPM_SERVER_FILES) ## Install the third-party MCP servers (and tsc) the tests use
 
 run: setup ## Serve the API on $(HOST):$(PORT)
 	@echo "mcpx: try  curl -s -X POST http://$(HOST):$(PORT)/v1/sessions   then"

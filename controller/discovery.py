@@ -2,18 +2,79 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import re
+from collections import Counter, OrderedDict, defaultdict
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from controller import stubgen, tsstubs
-from controller.catalog import CatalogSnapshot, ToolInfo
+from controller.catalog import CatalogSnapshot, ServerInfo, ToolInfo
 from controller.shaping import Tokens
 
 Detail = Literal["name", "description", "full"]
 Language = Literal["python", "typescript"]
 WORD = re.compile(r"[a-z0-9]+")
-# Where a query word is found matters: a hit in the tool's name says more than one in its description.
-WEIGHTS = (("name", 3.0), ("title", 2.0), ("server", 2.0), ("description", 1.0))
+# Where a query word is found matters: a hit in the tool's name says more than one in its description, which says
+# more than one in a parameter's. (field, weight, length normalisation b): names are short and equally so.
+FIELDS = (
+    ("name", 3.0, 0.2),
+    ("title", 1.5, 0.2),
+    ("server", 2.0, 0.0),
+    ("description", 1.0, 0.75),
+    ("parameters", 0.5, 0.75),
+    ("output", 0.3, 0.75),
+    ("server_description", 0.2, 0.75),
+)
+K1 = 1.2
+# Indexes kept, one per catalog digest: the full catalog and the views of sessions' server allowlists.
+INDEXES_KEPT = 32
+# A synonym found stands for the query's own word at this share.
+SYNONYM_WEIGHT = 0.5
+# How deep the words of nested inputSchema/outputSchema properties are read.
+SCHEMA_DEPTH = 4
+STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "if", "in",
+    "into", "is", "it", "its", "me", "my", "of", "on", "or", "our", "please", "should", "so", "some", "than",
+    "that", "the", "their", "them", "then", "there", "these", "this", "those", "to", "up", "us", "was", "we",
+    "what", "when", "where", "which", "who", "will", "with", "you", "your"
+})  # fmt: skip
+# Words agents use for what tool descriptions say otherwise; each group is one concept, looked up by stem.
+SYNONYMS = (
+    "folder directory dir",
+    "rename move",
+    "delete remove erase drop forget wipe discard purge",
+    "create make new",
+    "show display view print see inspect",
+    "get fetch retrieve obtain load read open return",
+    "find search look lookup locate query",
+    "history log",
+    "stage add index",
+    "unstage reset",
+    "switch checkout",
+    "remember memorize memory recall",
+    "save write store persist record",
+    "link connect relation relationship relate",
+    "fact observation note",
+    "person people entity node",
+    "sql database db table postgres postgresql select",
+    "timezone zone tz",
+    "now current",
+    "convert translate",
+    "compress zip gzip",
+    "sum plus total addition",
+    "environment env variable var",
+    "image picture photo png jpeg jpg logo media",
+    "audio sound mp3 wav media",
+    "echo repeat",
+    "size big biggest large largest small",
+    "difference diff compare changed",
+    "metadata info information stat detail permission",
+    "recursive recursively tree nested",
+    "edit modify change replace patch update",
+    "list enumerate ls",
+)
 
 
 def one_line(text: str, limit: int = 120) -> str:
@@ -23,18 +84,134 @@ def one_line(text: str, limit: int = 120) -> str:
     return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
 
 
-def words(text: str) -> set[str]:
-    return set(WORD.findall(re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()))
+@functools.lru_cache(maxsize=4096)
+def stem(word: str) -> str:
+    """A light English stemmer: plurals, -ed, -ing, -ion and a final e go, so `staged`, `stages` and `staging`
+    meet at `stag`, and `deletion`, `deleted` and `deletes` at `delet`."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    for suffix, replacement in (("ies", "y"), ("ied", "y"), ("sses", "ss"), ("xes", "x"), ("ches", "ch")):
+        if word.endswith(suffix):
+            return stem(word[: -len(suffix)] + replacement) if replacement != "y" else word[: -len(suffix)] + "y"
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    for suffix in ("ing", "ed", "ion"):
+        base = word[: -len(suffix)]
+        if word.endswith(suffix) and len(base) >= 3 and re.search("[aeiouy]", base):
+            if suffix == "ion" and not base.endswith(("t", "s")):
+                break
+            word = base[:-1] if len(base) > 3 and base[-1] == base[-2] and base[-1] not in "lsz" else base
+            break
+    return word[:-1] if len(word) > 3 and word.endswith("e") else word
 
 
-def score(tool: ToolInfo, query: set[str]) -> float:
-    fields = {
-        "name": words(tool.name),
-        "title": words(tool.title or ""),
-        "server": words(tool.server),
-        "description": words(tool.description),
+def terms(text: str) -> list[str]:
+    """The stems of `text`'s words, in order: camelCase, snake_case and kebab-case names split into words."""
+    split = re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()
+    return [stem(word) for word in WORD.findall(split) if word not in STOPWORDS]
+
+
+def _schema_text(schema: Any, depth: int = 0) -> list[str]:
+    """Property names, descriptions and enum values of a JSON schema, nested ones too (to SCHEMA_DEPTH)."""
+    if not isinstance(schema, dict) or depth > SCHEMA_DEPTH:
+        return []
+    text = [str(schema.get("description", "")), " ".join(str(value) for value in schema.get("enum", []) or [])]
+    properties = schema.get("properties")
+    for name, sub in properties.items() if isinstance(properties, dict) else ():
+        text += [str(name), *_schema_text(sub, depth + 1)]
+    text += _schema_text(schema.get("items"), depth + 1)
+    return text
+
+
+def _fields(server: ServerInfo, tool: ToolInfo) -> dict[str, list[str]]:
+    return {
+        "name": terms(tool.name),
+        "title": terms(tool.title or ""),
+        "server": terms(tool.server),
+        "description": terms(tool.description),
+        "parameters": terms(" ".join(_schema_text(tool.input_schema)[2:])),
+        "output": terms(" ".join(_schema_text(tool.output_schema)[2:])),
+        "server_description": terms(server.description),
     }
-    return sum(weight for word in query for field, weight in WEIGHTS if word in fields[field])
+
+
+@dataclass(frozen=True)
+class Index:
+    """BM25F over the catalog's tools: each tool's stems with their field-weighted, length-normalised frequency, and
+    each stem's inverse document frequency."""
+
+    tools: tuple[ToolInfo, ...]
+    frequencies: tuple[dict[str, float], ...]
+    idf: dict[str, float]
+
+    @classmethod
+    def of(cls, snapshot: CatalogSnapshot) -> Index:
+        pairs = [(server, tool) for server in snapshot.servers for tool in server.tools]
+        documents = [_fields(server, tool) for server, tool in pairs]
+        average = {
+            field: sum(len(document[field]) for document in documents) / max(len(documents), 1) or 1.0
+            for field, _, _ in FIELDS
+        }
+        frequencies = []
+        for document in documents:
+            frequency: defaultdict[str, float] = defaultdict(float)
+            for field, weight, b in FIELDS:
+                norm = 1 - b + b * len(document[field]) / average[field]
+                for term, count in Counter(document[field]).items():
+                    frequency[term] += weight * count / norm
+            frequencies.append(dict(frequency))
+        total, seen = len(pairs), Counter(term for frequency in frequencies for term in frequency)
+        idf = {term: math.log(1 + (total - n + 0.5) / (n + 0.5)) for term, n in seen.items()}
+        return cls(tuple(tool for _, tool in pairs), tuple(frequencies), idf)
+
+    def score(self, position: int, query: dict[str, float]) -> float:
+        frequencies = self.frequencies[position]
+        return sum(
+            weight * self.idf[term] * frequencies[term] / (K1 + frequencies[term])
+            for term, weight in query.items()
+            if term in frequencies
+        )
+
+
+_indexes: OrderedDict[str, Index] = OrderedDict()
+
+
+def index_of(snapshot: CatalogSnapshot) -> Index:
+    """The snapshot's index, built once per catalog digest (a session's view is a catalog of its own)."""
+    index = _indexes.get(snapshot.digest)
+    if index is None:
+        index = _indexes[snapshot.digest] = Index.of(snapshot)
+        while len(_indexes) > INDEXES_KEPT:
+            _indexes.popitem(last=False)
+    return index
+
+
+SYNONYM_OF: dict[str, tuple[str, ...]] = {}
+for _group in SYNONYMS:
+    _stems = tuple(dict.fromkeys(stem(word) for word in _group.split()))
+    for _stem in _stems:
+        SYNONYM_OF[_stem] = tuple(dict.fromkeys((*SYNONYM_OF.get(_stem, ()), *(s for s in _stems if s != _stem))))
+
+
+def expand(query: str) -> dict[str, float]:
+    """The query's stems (weight 1) and their synonyms (SYNONYM_WEIGHT), each stem once at its highest weight."""
+    weights: dict[str, float] = {}
+    for term in terms(query):
+        weights[term] = 1.0
+    for term in list(weights):
+        for synonym in SYNONYM_OF.get(term, ()):
+            weights.setdefault(synonym, SYNONYM_WEIGHT)
+    return weights
+
+
+def rank(snapshot: CatalogSnapshot, query: str) -> list[ToolInfo]:
+    """The tools matching `query`, best first (every tool, in catalog order, for a query without words)."""
+    index = index_of(snapshot)
+    wanted = expand(query)
+    if not wanted:
+        return list(index.tools)
+    scored = [(index.score(position, wanted), position) for position in range(len(index.tools))]
+    return [index.tools[position] for points, position in sorted(scored, key=lambda pair: -pair[0]) if points > 0]
 
 
 def describe(
@@ -77,10 +254,7 @@ def search(
 ) -> list[dict[str, Any]]:
     """The best-matching tools for `query`, best first (every tool, in order, for an empty query); import lines
     and signatures in `language`."""
-    wanted = words(query)
-    tools = [tool for server in snapshot.servers for tool in server.tools]
-    ranked = sorted(((score(tool, wanted), tool) for tool in tools), key=lambda pair: -pair[0])
-    hits = [tool for points, tool in ranked if points > 0 or not wanted]
+    hits = rank(snapshot, query)
     names = stubgen.identifiers(snapshot)
     return [describe(snapshot, names, tool, detail, language) for tool in hits[: max(limit, 0)]]
 
