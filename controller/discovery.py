@@ -6,6 +6,7 @@ import functools
 import math
 import re
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,11 +24,13 @@ FIELDS = (
     ("title", 1.5, 0.2),
     ("server", 2.0, 0.0),
     ("description", 1.0, 0.75),
-    ("parameters", 0.5, 0.75),
+    ("parameters", 0.8, 0.75),
     ("output", 0.3, 0.75),
     ("server_description", 0.2, 0.75),
 )
-K1 = 1.2
+K1 = 2.0
+# Negating prefixes: `uncommitted` changes are about commits when no tool says "uncommitted".
+PREFIXES = ("un", "non", "re")
 # Indexes kept, one per catalog digest: the full catalog and the views of sessions' server allowlists.
 INDEXES_KEPT = 32
 # A synonym found stands for the query's own word at this share.
@@ -35,10 +38,11 @@ SYNONYM_WEIGHT = 0.5
 # How deep the words of nested inputSchema/outputSchema properties are read.
 SCHEMA_DEPTH = 4
 STOPWORDS = frozenset({
-    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "if", "in",
-    "into", "is", "it", "its", "me", "my", "of", "on", "or", "our", "please", "should", "so", "some", "than",
-    "that", "the", "their", "them", "then", "there", "these", "this", "those", "to", "up", "us", "was", "we",
-    "what", "when", "where", "which", "who", "will", "with", "you", "your"
+    "a", "about", "all", "an", "and", "any", "anything", "are", "as", "at", "be", "by", "can", "do", "does", "each",
+    "every", "everything", "for", "from", "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "my",
+    "of", "on", "or", "our", "please", "should", "so", "some", "something", "than", "that", "the", "their", "them",
+    "then", "there", "these", "this", "those", "to", "up", "us", "was", "we", "what", "when", "where", "which",
+    "who", "will", "with", "you", "your"
 })  # fmt: skip
 # Words agents use for what tool descriptions say otherwise; each group is one concept, looked up by stem.
 SYNONYMS = (
@@ -47,7 +51,7 @@ SYNONYMS = (
     "delete remove erase drop forget wipe discard purge",
     "create make new",
     "show display view print see inspect",
-    "get fetch retrieve obtain load read open return",
+    "get fetch retrieve obtain load read open",
     "find search look lookup locate query",
     "history log",
     "stage add index",
@@ -69,11 +73,15 @@ SYNONYMS = (
     "audio sound mp3 wav media",
     "echo repeat",
     "size big biggest large largest small",
-    "difference diff compare changed",
+    "difference diff compare change patch",
     "metadata info information stat detail permission",
     "recursive recursively tree nested",
-    "edit modify change replace patch update",
+    "edit modify replace update",
     "list enumerate ls",
+    "multiple several many",
+    "simultaneously together concurrently parallel once",
+    "start trigger launch begin kick",
+    "task operation job",
 )
 
 
@@ -108,7 +116,10 @@ def stem(word: str) -> str:
 def terms(text: str) -> list[str]:
     """The stems of `text`'s words, in order: camelCase, snake_case and kebab-case names split into words."""
     split = re.sub(r"([a-z])([A-Z])", r"\1 \2", text).lower()
-    return [stem(word) for word in WORD.findall(split) if word not in STOPWORDS]
+    return [stem(word) for word in WORD.findall(split) if len(word) > 1 and word not in STOPWORDS]
+
+
+Query = tuple[dict[str, float], ...]  # per query word: the stems that stand for it, with their weights
 
 
 def _schema_text(schema: Any, depth: int = 0) -> list[str]:
@@ -164,13 +175,17 @@ class Index:
         idf = {term: math.log(1 + (total - n + 0.5) / (n + 0.5)) for term, n in seen.items()}
         return cls(tuple(tool for _, tool in pairs), tuple(frequencies), idf)
 
-    def score(self, position: int, query: dict[str, float]) -> float:
-        frequencies = self.frequencies[position]
+    def score(self, position: int, query: Query) -> float:
+        """Each query word counts once, as itself or as its best-scoring synonym."""
+        frequencies, idf = self.frequencies[position], self.idf
         return sum(
-            weight * self.idf[term] * frequencies[term] / (K1 + frequencies[term])
-            for term, weight in query.items()
-            if term in frequencies
-        )
+            max(
+                (weight * idf[term] * frequencies[term] / (K1 + frequencies[term]) for term, weight in concept.items()
+                 if term in frequencies),
+                default=0.0,
+            )
+            for concept in query
+        )  # fmt: skip
 
 
 _indexes: OrderedDict[str, Index] = OrderedDict()
@@ -193,21 +208,24 @@ for _group in SYNONYMS:
         SYNONYM_OF[_stem] = tuple(dict.fromkeys((*SYNONYM_OF.get(_stem, ()), *(s for s in _stems if s != _stem))))
 
 
-def expand(query: str) -> dict[str, float]:
-    """The query's stems (weight 1) and their synonyms (SYNONYM_WEIGHT), each stem once at its highest weight."""
-    weights: dict[str, float] = {}
+def expand(query: str, vocabulary: Container[str]) -> Query:
+    """One concept per distinct query word: its stem (weight 1) and its synonyms (SYNONYM_WEIGHT). A word the
+    catalog lacks stands for itself without a negating prefix (`uncommitted`)."""
+    concepts: dict[str, dict[str, float]] = {}
     for term in terms(query):
-        weights[term] = 1.0
-    for term in list(weights):
+        if term not in vocabulary:
+            term = next((term[len(p) :] for p in PREFIXES if term.startswith(p) and term[len(p) :] in vocabulary), term)
+        concept = {term: 1.0}
         for synonym in SYNONYM_OF.get(term, ()):
-            weights.setdefault(synonym, SYNONYM_WEIGHT)
-    return weights
+            concept.setdefault(synonym, SYNONYM_WEIGHT)
+        concepts.setdefault(term, concept)
+    return tuple(concepts.values())
 
 
 def rank(snapshot: CatalogSnapshot, query: str) -> list[ToolInfo]:
     """The tools matching `query`, best first (every tool, in catalog order, for a query without words)."""
     index = index_of(snapshot)
-    wanted = expand(query)
+    wanted = expand(query, index.idf)
     if not wanted:
         return list(index.tools)
     scored = [(index.score(position, wanted), position) for position in range(len(index.tools))]

@@ -150,20 +150,19 @@ def catalog() -> CatalogSnapshot:
     return snapshot_of(json.loads(CATALOG.read_text()))
 
 
-def rank(snapshot: CatalogSnapshot, query: Query) -> int | None:
-    """The 1-based rank of the first tool that answers `query` in what search returns, None when absent."""
-    hits = discovery.search(snapshot, query.text, "full", limit=100)
-    found = [f"{hit['server']}/{hit['tool']}" for hit in hits]
-    return next((place for place, name in enumerate(found, 1) if name in query.tools), None)
+def found(snapshot: CatalogSnapshot, query: Query) -> list[str]:
+    """The tools search finds for `query`, best first, as `server/tool` (search describes them in this order)."""
+    return [f"{tool.server}/{tool.name}" for tool in discovery.rank(snapshot, query.text)]
 
 
 def score(snapshot: CatalogSnapshot, labelled: list[Query]) -> Scores:
-    ranks = [rank(snapshot, query) for query in labelled]
-    misses = []
-    for query, place in zip(labelled, ranks, strict=True):
+    ranks, misses = [], []
+    for query in labelled:
+        hits = found(snapshot, query)
+        place = next((place for place, name in enumerate(hits, 1) if name in query.tools), None)
+        ranks.append(place)
         if place != 1:
-            first = discovery.search(snapshot, query.text, "full", limit=1)
-            misses.append((query.text, f"{first[0]['server']}/{first[0]['tool']}" if first else "-"))
+            misses.append((query.text, hits[0] if hits else "-"))
     return Scores(
         queries=len(labelled),
         recall_at_1=sum(place == 1 for place in ranks) / len(labelled),
