@@ -24,7 +24,7 @@ NPM_SERVER_FILES := $(foreach s,$(NPM_SERVERS),$(SERVERS)/npm/node_modules/@mode
 TSC := $(SERVERS)/npm/node_modules/typescript/lib/typescript.js
 TYPESCRIPT ?= 1
 
-.PHONY: help setup venv host image test-servers run test test-security bench bench-tokens bench-load lint k8s-validate deploy clean
+.PHONY: help setup venv host image test-servers run test test-security bench bench-tokens bench-load bench-search lint k8s-validate deploy clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,6 +86,9 @@ bench-tokens: setup test-servers ## Token economy: direct tool calling against m
 
 bench-load: setup ## Load: 50 sessions x 20 tool-calling executions at once (RUNTIME=runc for runc), JSON in .bench/
 	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/load.py --runtime $(RUNTIME) --out .bench/load.json
+
+bench-search: venv ## Tool search: recall@1, recall@5 and MRR on labelled requests over real servers' tools (offline)
+	$(BIN)/python tests/bench/search.py
 
 lint: venv ## ruff and strict mypy
 	$(BIN)/ruff check controller sandbox-image/mcpx_runtime tests k8s

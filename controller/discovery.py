@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 from collections import Counter, OrderedDict, defaultdict
@@ -29,6 +30,9 @@ FIELDS = (
     ("server_description", 0.2, 0.75),
 )
 K1 = 2.0
+PHRASE_WEIGHT = 1.0
+# A request is a few words; past this, text is ignored, so a huge query costs no more than a long one.
+QUERY_CHARS = 1000
 # Negating prefixes: `uncommitted` changes are about commits when no tool says "uncommitted".
 PREFIXES = ("un", "non", "re")
 # Indexes kept, one per catalog digest: the full catalog and the views of sessions' server allowlists.
@@ -153,6 +157,7 @@ class Index:
 
     tools: tuple[ToolInfo, ...]
     frequencies: tuple[dict[str, float], ...]
+    pairs: tuple[frozenset[tuple[str, str]], ...]  # adjacent stems of the name, title and description
     idf: dict[str, float]
 
     @classmethod
@@ -173,12 +178,23 @@ class Index:
             frequencies.append(dict(frequency))
         total, seen = len(pairs), Counter(term for frequency in frequencies for term in frequency)
         idf = {term: math.log(1 + (total - n + 0.5) / (n + 0.5)) for term, n in seen.items()}
-        return cls(tuple(tool for _, tool in pairs), tuple(frequencies), idf)
+        adjacent = tuple(
+            frozenset(
+                pair for field in ("name", "title", "description") for pair in itertools.pairwise(document[field])
+            )
+            for document in documents
+        )
+        return cls(tuple(tool for _, tool in pairs), tuple(frequencies), adjacent, idf)
 
     def score(self, position: int, query: Query) -> float:
-        """Each query word counts once, as itself or as its best-scoring synonym."""
-        frequencies, idf = self.frequencies[position], self.idf
-        return sum(
+        """Each query word counts once, as itself or as its best-scoring synonym; two query words that the tool's
+        name or description has side by side (`commit history` and `commit logs`) gain PHRASE_WEIGHT."""
+        frequencies, idf, adjacent = self.frequencies[position], self.idf, self.pairs[position]
+        phrases = sum(
+            max((w1 * w2 for t1, w1 in first.items() for t2, w2 in second.items() if (t1, t2) in adjacent), default=0.0)
+            for first, second in itertools.pairwise(query)
+        )
+        return PHRASE_WEIGHT * phrases + sum(
             max(
                 (weight * idf[term] * frequencies[term] / (K1 + frequencies[term]) for term, weight in concept.items()
                  if term in frequencies),
@@ -210,9 +226,9 @@ for _group in SYNONYMS:
 
 def expand(query: str, vocabulary: Container[str]) -> Query:
     """One concept per distinct query word: its stem (weight 1) and its synonyms (SYNONYM_WEIGHT). A word the
-    catalog lacks stands for itself without a negating prefix (`uncommitted`)."""
+    catalog lacks stands for itself without a negating prefix (`uncommitted`). Only the first QUERY_CHARS count."""
     concepts: dict[str, dict[str, float]] = {}
-    for term in terms(query):
+    for term in terms(query[:QUERY_CHARS]):
         if term not in vocabulary:
             term = next((term[len(p) :] for p in PREFIXES if term.startswith(p) and term[len(p) :] in vocabulary), term)
         concept = {term: 1.0}
@@ -240,11 +256,14 @@ def describe(
     language: Language = "python",
 ) -> dict[str, Any]:
     server_id, tool_id = names[(tool.server, tool.name)]
-    # Every word here is read by a model: the import path is all code needs; wire names come with "full".
+    # Every word here is read by a model: the import path and the signature are all code needs; wire names and
+    # schemas come with "full".
     entry: dict[str, Any] = {"import": f"servers.{server_id}.{tool_id}"}
     if language == "typescript":
         entry["import"] = f'import {{ {tsstubs.ident(tool_id)} }} from "servers/{server_id}"'
     if detail == "description":
+        # The signature saves the second lookup (the stub or GET /v1/tools/{server}/{tool}) most calls need.
+        entry["signature"] = signature(snapshot, tool.server, tool.name, language)
         entry["description"] = one_line(tool.description)
     if detail == "full":
         entry["server"], entry["tool"], entry["description"] = tool.server, tool.name, tool.description
