@@ -38,7 +38,7 @@ PREFIXES = ("un", "non", "re")
 # Indexes kept, one per catalog digest: the full catalog and the views of sessions' server allowlists.
 INDEXES_KEPT = 32
 # A synonym found stands for the query's own word at this share.
-SYNONYM_WEIGHT = 0.5
+SYNONYM_WEIGHT = 0.9
 # How deep the words of nested inputSchema/outputSchema properties are read.
 SCHEMA_DEPTH = 4
 STOPWORDS = frozenset({
@@ -187,21 +187,27 @@ class Index:
         return cls(tuple(tool for _, tool in pairs), tuple(frequencies), adjacent, idf)
 
     def score(self, position: int, query: Query) -> float:
-        """Each query word counts once, as itself or as its best-scoring synonym; two query words that the tool's
+        """Each query word counts once, as itself or as its best-scoring synonym, all of them weighed by the
+        commonest one's inverse document frequency (as Lucene's synonym query does); two query words that the tool's
         name or description has side by side (`commit history` and `commit logs`) gain PHRASE_WEIGHT."""
         frequencies, idf, adjacent = self.frequencies[position], self.idf, self.pairs[position]
         phrases = sum(
             max((w1 * w2 for t1, w1 in first.items() for t2, w2 in second.items() if (t1, t2) in adjacent), default=0.0)
             for first, second in itertools.pairwise(query)
         )
-        return PHRASE_WEIGHT * phrases + sum(
-            max(
-                (weight * idf[term] * frequencies[term] / (K1 + frequencies[term]) for term, weight in concept.items()
-                 if term in frequencies),
+        total = 0.0
+        for concept in query:
+            # A concept is as rare as its commonest word: a rare synonym must not outweigh the query's own word.
+            rarity = min((idf[term] for term in concept if term in idf), default=0.0)
+            total += max(
+                (
+                    weight * rarity * frequencies[term] / (K1 + frequencies[term])
+                    for term, weight in concept.items()
+                    if term in frequencies
+                ),
                 default=0.0,
             )
-            for concept in query
-        )  # fmt: skip
+        return PHRASE_WEIGHT * phrases + total  # fmt: skip
 
 
 _indexes: OrderedDict[str, Index] = OrderedDict()
