@@ -130,7 +130,8 @@ def _schema_text(schema: Any, depth: int = 0) -> list[str]:
     """Property names, descriptions and enum values of a JSON schema, nested ones too (to SCHEMA_DEPTH)."""
     if not isinstance(schema, dict) or depth > SCHEMA_DEPTH:
         return []
-    text = [str(schema.get("description", "")), " ".join(str(value) for value in schema.get("enum", []) or [])]
+    enum = schema.get("enum")  # server input: whatever its type
+    text = [str(schema.get("description", "")), " ".join(map(str, enum)) if isinstance(enum, list) else ""]
     properties = schema.get("properties")
     for name, sub in properties.items() if isinstance(properties, dict) else ():
         text += [str(name), *_schema_text(sub, depth + 1)]
@@ -144,6 +145,7 @@ def _fields(server: ServerInfo, tool: ToolInfo) -> dict[str, list[str]]:
         "title": terms(tool.title or ""),
         "server": terms(tool.server),
         "description": terms(tool.description),
+        # [2:]: the schema's own description and enum, which an object's schema rarely has, are the tool's words.
         "parameters": terms(" ".join(_schema_text(tool.input_schema)[2:])),
         "output": terms(" ".join(_schema_text(tool.output_schema)[2:])),
         "server_description": terms(server.description),

@@ -113,6 +113,21 @@ def test_a_query_without_words_lists_every_tool_in_catalog_order(query: str) -> 
     assert top(snapshot, query, 1000) == everything
 
 
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"p": {"enum": 5, "description": 7}}},
+        {"type": "object", "properties": ["p"], "items": "x"},
+        {"type": "object", "properties": {"p": {"items": [{"enum": None}], "enum": "abc"}}},
+        {"properties": {"p": {"properties": {"p": {"properties": {"p": {"properties": {"deep": {}}}}}}}}},
+    ],
+)
+def test_a_malformed_or_deep_schema_from_a_server_is_searched_without_error(schema: dict[str, object]) -> None:
+    tool = ToolInfo("s", "read_notes", "Read the notes", input_schema=schema, output_schema=schema)
+    snapshot = CatalogSnapshot((ServerInfo("s", tools=(tool,)),))
+    assert top(snapshot, "read notes", 5) == ["s/read_notes"]
+
+
 def test_a_query_no_tool_matches_finds_nothing() -> None:
     assert discovery.search(bench.catalog(), "xylophone zebra quokka") == []
 
