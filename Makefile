@@ -16,11 +16,15 @@ RUNTIME ?= runsc
 SERVERS := .servers
 TIME_SERVER := $(SERVERS)/time/bin/mcp-server-time
 EVERYTHING_SERVER := $(SERVERS)/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js
+# The real servers whose tools the search benchmark's labelled queries are about.
+GIT_SERVER := $(SERVERS)/git/bin/mcp-server-git
+NPM_SERVERS := filesystem@2026.8.31 memory@2026.8.31 postgres@0.6.2
+NPM_SERVER_FILES := $(foreach s,$(NPM_SERVERS),$(SERVERS)/npm/node_modules/@modelcontextprotocol/server-$(firstword $(subst @, ,$(s)))/package.json)
 # The TypeScript compiler, to parse and type-check the generated .ts stubs in the tests.
 TSC := $(SERVERS)/npm/node_modules/typescript/lib/typescript.js
 TYPESCRIPT ?= 1
 
-.PHONY: help setup venv host image test-servers run test test-security bench bench-tokens bench-load lint k8s-validate deploy clean
+.PHONY: help setup venv host image test-servers run test test-security bench bench-tokens bench-load bench-search lint k8s-validate deploy clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,10 +54,17 @@ $(EVERYTHING_SERVER):
 	mkdir -p $(SERVERS)/npm
 	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent @modelcontextprotocol/server-everything@2026.8.31
 
+$(GIT_SERVER):
+	$(PYTHON) -m venv $(SERVERS)/git
+	$(SERVERS)/git/bin/pip install --quiet mcp-server-git==2026.10.19
+
+$(NPM_SERVER_FILES) &: $(EVERYTHING_SERVER)
+	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent $(addprefix @modelcontextprotocol/server-,$(NPM_SERVERS))
+
 $(TSC): $(EVERYTHING_SERVER)
 	npm install --prefix $(SERVERS)/npm --no-fund --no-audit --silent typescript@5.9.3
 
-test-servers: $(TIME_SERVER) $(EVERYTHING_SERVER) $(TSC) ## Install the third-party MCP servers (and tsc) the tests use
+test-servers: $(TIME_SERVER) $(EVERYTHING_SERVER) $(TSC) $(GIT_SERVER) $(NPM_SERVER_FILES) ## Install the third-party MCP servers (and tsc) the tests use
 
 run: setup ## Serve the API on $(HOST):$(PORT)
 	@echo "mcpx: try  curl -s -X POST http://$(HOST):$(PORT)/v1/sessions   then"
@@ -75,6 +86,9 @@ bench-tokens: setup test-servers ## Token economy: direct tool calling against m
 
 bench-load: setup ## Load: 50 sessions x 20 tool-calling executions at once (RUNTIME=runc for runc), JSON in .bench/
 	MCPX_IMAGE=$(IMAGE) $(BIN)/python tests/bench/load.py --runtime $(RUNTIME) --out .bench/load.json
+
+bench-search: venv ## Tool search: recall@1, recall@5 and MRR on labelled requests over real servers' tools (offline)
+	$(BIN)/python tests/bench/search.py
 
 lint: venv ## ruff and strict mypy
 	$(BIN)/ruff check controller sandbox-image/mcpx_runtime tests k8s
