@@ -228,8 +228,8 @@ class ToolListing(_Model):
 
 class ToolHit(_Model):
     """One search result: `import_path` is what sandbox code imports (`servers.<server>.<tool>`, as identifiers);
-    `description` comes with detail `description` (one line) and `full`, which also gives the wire names
-    (`server`, `tool`), the `signature` and the `input_schema`."""
+    `description` and the one-line `signature` come with detail `description` and `full`, which also gives the
+    wire names (`server`, `tool`) and the `input_schema`."""
 
     import_path: str = Field(alias="import")
     server: str | None = None

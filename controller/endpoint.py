@@ -182,7 +182,7 @@ def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf, r
         language: Language = "python",
     ) -> CallToolResult:
         """Find tools of every server by what they do, best first. Each hit gives the `import` for code run by
-        execute_code (in `language`); detail="full" adds its signature and input schema."""
+        execute_code (in `language`) and its one-line signature; detail="full" adds its input schema."""
         view = tenancy.catalog(tenancy.caller(ctx))
         return reply({"tools": discovery.search(view, query, detail, limit, language)})
 

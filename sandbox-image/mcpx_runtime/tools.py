@@ -358,7 +358,7 @@ def search_tools(
     """Find tools by what they do, without reading every stub: best matches first.
 
     detail="name" gives where each tool lives (`servers.<server>.<tool>`), "description" adds its one-line
-    description, "full" adds its Python signature and input schema.
+    description and its Python signature, "full" adds the wire names and the input schema.
     """
     connection, slot = _connected(), Slot()
     connection.request("tools/search", {"query": query, "detail": detail, "limit": limit}, slot)
