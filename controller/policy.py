@@ -11,7 +11,7 @@ import ast
 import functools
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import jsonschema
 import jsonschema.exceptions
@@ -133,7 +133,10 @@ class Policy(BaseModel):
     tools: list[str] | None = Field(
         default=None, description='Tools the code may call, as "server/tool"; default: every tool of its servers.'
     )
-    read_only: bool = Field(default=False, description="Only tools their server marks readOnlyHint.")
+    read_only: bool = Field(
+        default=False,
+        description="Only tools annotated readOnlyHint, by the config or by a server it trusts (`trust_annotations`).",
+    )
     max_tool_calls_per_execution: int = Field(default=1000, ge=0, description="Tool calls one execution may make.")
     max_tool_calls: int = Field(default=100_000, ge=0, description="Tool calls over the session's lifetime.")
     max_concurrent_tool_calls: int = Field(default=16, ge=1, description="Tool calls in flight at once.")
@@ -142,6 +145,11 @@ class Policy(BaseModel):
     )
     denied_imports: list[str] = Field(
         default_factory=list, description="Modules the static pre-check refuses (defence in depth, not a boundary)."
+    )
+    on_definition_change: Literal["serve", "quarantine"] = Field(
+        default="serve",
+        description="A tool whose definition changed since it was pinned: `serve` it, or refuse its calls until "
+        "an operator accepts the change (server-wide: its old stub is served meanwhile).",
     )
 
     def within(self, server_wide: Policy) -> Policy:
@@ -158,6 +166,9 @@ class Policy(BaseModel):
                 self.max_result_bytes_per_execution, server_wide.max_result_bytes_per_execution
             ),
             denied_imports=sorted({*self.denied_imports, *server_wide.denied_imports}),
+            on_definition_change="quarantine"
+            if "quarantine" in (self.on_definition_change, server_wide.on_definition_change)
+            else "serve",
         )
 
 
@@ -187,6 +198,8 @@ def check_call(
         raise PolicyRefusal("refused", f"{server}.{tool}: {known}")
     if policy.read_only and info.annotations.get("readOnlyHint") is not True:
         raise PolicyRefusal("refused", f"{server}.{tool} is not marked read-only and this session is read-only")
+    if policy.on_definition_change == "quarantine" and (server, tool) in snapshot.changed:
+        raise PolicyRefusal("refused", f"{server}.{tool} changed its definition; an operator must accept the change")
     try:
         json.dumps(arguments, ensure_ascii=False, allow_nan=False).encode()
     except (UnicodeEncodeError, ValueError, RecursionError):
