@@ -6,8 +6,8 @@ controller's catalog, each as a server of its own in the tests' config:
 - `bad_names`: names the MCP charset refuses: `/`, NUL, spaces, non-ASCII, an empty name.
 - `paths`: valid names that make awkward file names: `__init__`, `index`, `..`, names equal but for case or
   after sanitising, a 128-character one.
-- `flood`: thousands of tools, a huge description, huge, deep and wide schemas, and the long name; it exits just
-  after each listing and lists something new the next time, so the controller works on this catalog without end.
+- `flood`: thousands of tools, a huge description, huge, deep and wide schemas, and the long name; every listing
+  differs from the last and announces a change (`subscriptions/listen`), so the controller works on it without end.
 - `shadowing`: tools named after what agent code relies on (`search_tools`, `os`, `sys`, `builtins`, `servers`...).
 - `rug_pull`: `get_rates` changes its description and schema after its first call (and `reload` restarts the
   server, so the controller lists it again).
@@ -27,6 +27,7 @@ from typing import Any
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 
 LONG_NAME = "A" * 262_144
 OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
@@ -91,8 +92,6 @@ async def main(case: str) -> None:
         if log:
             with open(log, "a") as listings:
                 listings.write(f"{case}\n")
-        if case == "flood":  # gone once the answer is out: the controller reconnects and lists again
-            asyncio.get_running_loop().call_later(0.5, os._exit, 0)
         return types.ListToolsResult(tools=tools_of(case, listing))
 
     async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -104,9 +103,24 @@ async def main(case: str) -> None:
         arguments = params.arguments or {}
         return types.CallToolResult(content=[], structured_content={"tool": params.name, "arguments": arguments})
 
-    server = Server(f"poisoned-{case}", on_list_tools=list_tools, on_call_tool=call_tool)
+    bus = InMemorySubscriptionBus()
+
+    async def keep_changing() -> None:  # announced on every open subscription, however slow the listings are
+        while True:
+            await asyncio.sleep(1)
+            await bus.publish(ToolsListChanged())
+
+    server = Server(
+        f"poisoned-{case}",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_subscriptions_listen=ListenHandler(bus),
+    )
+    changing = asyncio.create_task(keep_changing()) if case == "flood" else None
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
+    if changing is not None:
+        changing.cancel()
 
 
 if __name__ == "__main__":
