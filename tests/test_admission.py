@@ -10,7 +10,7 @@ import pytest
 
 from controller import admission
 from controller.catalog import ToolInfo
-from controller.config import CatalogLimits
+from controller.config import CatalogLimits, demo_servers, parse_servers
 from controller.pins import Pins, fingerprint
 
 LIMITS = CatalogLimits(
@@ -133,3 +133,8 @@ def test_an_unreadable_pins_file_starts_over(tmp_path: Path) -> None:
     path.write_text("{torn")
     assert Pins(path).review("s", (ToolInfo("s", "t"),)) == {}
     assert "t" in path.read_text()
+
+
+def test_only_the_built_in_demo_servers_are_trusted_for_their_own_annotations_by_default() -> None:
+    assert all(server.trust_annotations for server in demo_servers().values())
+    assert parse_servers({"mcpServers": {"x": {"command": "x"}}}, {})["x"].trust_annotations is False

@@ -857,7 +857,7 @@ def test_tool_names_that_would_shadow_the_agents_own_names_are_renamed(
     assert idents == {name: name.lower() + "_" for name in shadowing if name != "servers"} | {"servers": "servers_2"}
     mount(stubgen.render(catalog), tmp_path, monkeypatch)
     namespace: dict[str, Any] = {}
-    exec("from servers.evil import *", namespace)  # noqa: S102 - the generated tree, as an agent imports it
+    exec("from servers.evil import *", namespace)  # the generated tree, as an agent imports it
     reserved = {*stubgen.RUNTIME_EXPORTS, "SERVERS", "servers", "os", "sys", "builtins", "json", "index"}
     assert reserved.isdisjoint(namespace)
     namespace["search_tools_"]()
