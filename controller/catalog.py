@@ -40,7 +40,7 @@ CONNECTION_CLOSED, REQUEST_TIMEOUT = -32000, -32001
 MODERN_PROTOCOL = "2026-07-28"
 CLIENT_INFO = Implementation(name="mcpx", version="0.1.0")
 MAX_TOOL_PAGES = 100
-SHOWN_QUARANTINED = 100  # per server in /readyz and /v1/tools; the audit log has every one
+SHOWN_QUARANTINED = 100  # quarantined or changed tools per server in /readyz and /v1/tools; the audit log has all
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,7 @@ class ServerStatus:
     """Tools kept out of the catalog (the first `SHOWN_QUARANTINED`), with the reason."""
     quarantined_total: int = 0
     changed: tuple[DefinitionChange, ...] = ()
+    """Tools whose definition changed since pinned (the first `SHOWN_QUARANTINED`)."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ class ServerConnection:
         self.live: tuple[ToolInfo, ...] = ()  # what the server lists now, within the limits
         self.size = 0
         self.quarantined: tuple[Quarantined, ...] = ()
-        self.changed: dict[str, tuple[str, ToolInfo]] = {}  # name -> (current fingerprint, pinned definition)
+        self.changed: dict[str, tuple[str, str, ToolInfo]] = {}  # name -> (current hash, pinned hash, pinned tool)
         self._audited: set[tuple[str, ...]] = set()
         self.description = config.description or ""
         self.state = "connecting"
@@ -255,8 +256,8 @@ class ServerConnection:
     def status(self) -> ServerStatus:
         held = self.boundary.on_definition_change == "quarantine"
         changes = tuple(
-            DefinitionChange(self.name, name, fingerprint(pinned), current, held)
-            for name, (current, pinned) in sorted(self.changed.items())
+            DefinitionChange(self.name, name, pinned, current, held)
+            for name, (current, pinned, _) in sorted(self.changed.items())[:SHOWN_QUARANTINED]
         )
         return ServerStatus(
             self.name,
@@ -343,7 +344,7 @@ class ServerConnection:
             if audit is not None and quarantine_key not in self._audited:
                 self._audited.add(quarantine_key)
                 audit.record("tool.quarantined", **dataclasses.asdict(item))
-        for name, (current, pinned) in changed.items():
+        for name, (current, pinned, _) in changed.items():
             change_key = ("c", name, current)
             if audit is not None and change_key not in self._audited:
                 self._audited.add(change_key)
@@ -351,12 +352,14 @@ class ServerConnection:
                     "tool.definition_changed",
                     server=self.name,
                     tool=name,
-                    pinned=fingerprint(pinned),
+                    pinned=pinned,
                     current=current,
                     held=self.boundary.on_definition_change == "quarantine",
                 )
 
-    def _admit(self, listed: list[ToolInfo], budget: int) -> tuple[admission.Admitted, dict[str, tuple[str, ToolInfo]]]:
+    def _admit(
+        self, listed: list[ToolInfo], budget: int
+    ) -> tuple[admission.Admitted, dict[str, tuple[str, str, ToolInfo]]]:
         config = self.config
         admitted = admission.admit(
             self.name, listed, self.boundary.limits, budget, config.annotations, config.trust_annotations
@@ -368,7 +371,7 @@ class ServerConnection:
         if self.boundary.on_definition_change != "quarantine" or not self.changed:
             self.tools = self.live
         else:
-            self.tools = tuple(self.changed[tool.name][1] if tool.name in self.changed else tool for tool in self.live)
+            self.tools = tuple(self.changed[tool.name][2] if tool.name in self.changed else tool for tool in self.live)
 
     async def accept(self, tool: str) -> bool:
         """Pin the tool's current definition and serve it; False when the server lists no such tool."""

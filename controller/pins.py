@@ -48,10 +48,10 @@ class Pins:
             else:
                 self._pins = loaded if isinstance(loaded, dict) else {}
 
-    def review(self, server: str, tools: tuple[ToolInfo, ...]) -> dict[str, tuple[str, ToolInfo]]:
-        """Pin the tools seen for the first time; `{name: (current fingerprint, pinned definition)}` for each tool
-        whose definition differs from its pin (the pinned one carries the current annotations)."""
-        changed: dict[str, tuple[str, ToolInfo]] = {}
+    def review(self, server: str, tools: tuple[ToolInfo, ...]) -> dict[str, tuple[str, str, ToolInfo]]:
+        """Pin the tools seen for the first time; `{name: (current fingerprint, pinned one, pinned definition)}` for
+        each tool whose definition differs from its pin (the pinned definition carries the current annotations)."""
+        changed: dict[str, tuple[str, str, ToolInfo]] = {}
         with self._lock:
             pins = self._pins.setdefault(server, {})
             added = False
@@ -62,7 +62,7 @@ class Pins:
                     pins[tool.name] = {"sha256": current, "definition": self._definition(tool)}
                     added = True
                 elif pin.get("sha256") != current:
-                    changed[tool.name] = (current, self._restore(tool, pin["definition"]))
+                    changed[tool.name] = (current, str(pin.get("sha256")), self._restore(tool, pin["definition"]))
             if added:
                 self._save()
         return changed

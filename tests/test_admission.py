@@ -120,8 +120,8 @@ def test_pins_notice_a_changed_definition_and_survive_a_restart(tmp_path: Path) 
     assert restarted.review("s", (retitled,)) == {}  # neither title nor annotations are pinned
     found = restarted.review("s", (changed,))
     assert list(found) == ["rates"]
-    current, pinned = found["rates"]
-    assert current == fingerprint(changed) != fingerprint(first) == fingerprint(pinned)
+    current, pinned_hash, pinned = found["rates"]
+    assert current == fingerprint(changed) != fingerprint(first) == fingerprint(pinned) == pinned_hash
     assert pinned.description == "Exchange rates."
     restarted.accept(changed)
     assert Pins(path).review("s", (changed,)) == {}
