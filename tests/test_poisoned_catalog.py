@@ -250,3 +250,22 @@ async def test_with_changes_quarantined_the_old_definition_is_served_until_accep
         await restarted.close()
     events = [json.loads(line)["event"] for line in (tmp_path / "audit.log").read_text().splitlines()]
     assert events == ["tool.definition_changed", "tool.definition_accepted"]
+
+
+def test_a_stubs_directory_the_host_cannot_write_is_a_503_and_sessions_resume_once_it_can(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    base = tmp_path_factory.mktemp("unwritable")
+    config = poisoned_config(base / "servers.json", base / "log", ())
+    settings = make_settings(base / "state", servers_file=config)
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=120) as api:
+        stubs = settings.state_dir / "stubs"
+        stubs.rmdir()
+        stubs.write_text("a file where the stubs directory belongs")
+        refused = api.post("/v1/sessions", json={"servers": ["crm"]})
+        assert (refused.status_code, refused.json()["error"]) == (503, "stubs_unavailable")
+        assert api.get("/v1/tools/crm/get_record").status_code == 503
+        stubs.unlink()
+        stubs.mkdir()
+        created = session(api, servers=["crm"])
+        assert api.delete(f"/v1/sessions/{created}").status_code == 204
