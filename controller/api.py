@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from controller import discovery, stubgen, tsstubs
 from controller.audit import AuditLog
-from controller.catalog import Catalog, CatalogSnapshot
+from controller.catalog import Boundary, Catalog, CatalogSnapshot
 from controller.config import Limits, Settings, secrets_of
 from controller.discovery import Language
 from controller.endpoint import mcp_endpoint
@@ -44,11 +44,13 @@ from controller.errors import (
     UnknownServers,
     WorkspaceError,
 )
+from controller.pins import Pins
 from controller.policy import Policy, Preflight
 from controller.replicas import Forwarder, Replicas
 from controller.runtime import DockerBackend, SandboxBackend
 from controller.sessions import ExecutionResult, Session, SessionManager, TokenReport
 from controller.shaping import Strategy, Tokens
+from controller.stubgen import StubsUnwritable
 from controller.telemetry import Telemetry, TracingMiddleware
 from controller.tenants import Tenants, load_keys
 
@@ -169,6 +171,12 @@ class ToolListing(BaseModel):
     servers: list[ServerListing]
     unavailable: list[dict[str, Any]]
     tokens: dict[str, int]
+    quarantined: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tools kept out of the catalog by its limits, with the reason."
+    )
+    changed: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tools whose definition changed since first seen; `held` ones are refused."
+    )
 
 
 class ToolDetail(BaseModel):
@@ -217,6 +225,7 @@ ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (UnknownServers, 422, "unknown_servers"),
     (LanguageUnavailable, 422, "language_unavailable"),
     (GVisorRequired, 503, "gvisor_required"),
+    (StubsUnwritable, 503, "stubs_unavailable"),
     (RuntimeUnavailable, 503, "runtime_unavailable"),
     (ReplicaUnavailable, 503, "replica_unavailable"),
     (ForwardingLoop, 502, "forwarding_loop"),
@@ -316,12 +325,15 @@ def create_app(
         ConfigError: the server config is invalid.
     """
     servers = settings.servers()
-    catalog = Catalog(servers)
+    audit = AuditLog(settings.audit_log or settings.state_dir / "audit.log")
+    boundary = Boundary(
+        settings.catalog, Pins(settings.state_dir / "pins.json"), settings.policy.on_definition_change, audit
+    )
+    catalog = Catalog(servers, boundary)
     tenants = Tenants(load_keys(settings.api_keys, settings.api_keys_file), settings.tenants)
     if not tenants.enabled and not is_loopback(settings.host):
         raise ConfigError(f"refusing to serve on {settings.host} without API keys: set MCPX_API_KEYS or bind loopback")
     tokens = Tokens()
-    audit = AuditLog(settings.audit_log or settings.state_dir / "audit.log")
     telemetry = telemetry or Telemetry(settings.controller_id, settings.otlp())
     manager = SessionManager(
         settings,
@@ -550,9 +562,17 @@ def create_app(
 
     costs: dict[str, dict[str, int]] = {}
 
+    def seen_by(caller: str, server: str) -> bool:
+        allowed = tenants.servers_for(caller, None)
+        return server in catalog.connections and (allowed is None or server in allowed)
+
     @app.get("/v1/tools", tags=["tools"], responses=error_responses)
     async def list_tools(caller: Tenant) -> ToolListing:
         snapshot = visible(caller)
+
+        def seen(server: str) -> bool:
+            return seen_by(caller, server)
+
         if snapshot.digest not in costs:
             costs[snapshot.digest] = await anyio.to_thread.run_sync(discovery.token_costs, snapshot, tokens)
         statuses = {status.name: status for status in catalog.statuses()}
@@ -565,7 +585,18 @@ def create_app(
                 asdict(s) for s in statuses.values() if s.state != "ready" and snapshot.server(s.name) is None
             ],
             tokens=costs[snapshot.digest],
+            quarantined=[asdict(q) for s in statuses.values() if seen(s.name) for q in s.quarantined],
+            changed=[asdict(c) for s in statuses.values() if seen(s.name) for c in s.changed],
         )
+
+    @app.post("/v1/tools/{server}/{tool}/accept", tags=["tools"], responses=error_responses)
+    async def accept_tool(caller: Tenant, server: str, tool: str) -> dict[str, str]:
+        """Accept a tool's changed definition: it is pinned as it is now, served, and callable again."""
+        if tenants.enabled and caller not in settings.operators:
+            raise BadRequest("only an operator (MCPX_OPERATORS) may accept a tool's definition", status=403)
+        if not seen_by(caller, server) or not await catalog.accept(server, tool):
+            raise ToolNotFound(server, tool)
+        return {"server": server, "tool": tool, "status": "accepted"}
 
     @app.get("/v1/tools/search", tags=["tools"], responses=error_responses)
     async def search_tools(

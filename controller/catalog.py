@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -27,7 +28,11 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import Implementation, RequestParamsMeta, ToolListChangedNotification
 
-from controller.config import HttpServer, StdioServer
+from controller import admission
+from controller.admission import Quarantined
+from controller.audit import AuditLog
+from controller.config import CatalogLimits, HttpServer, StdioServer
+from controller.pins import Pins, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,7 @@ CONNECTION_CLOSED, REQUEST_TIMEOUT = -32000, -32001
 MODERN_PROTOCOL = "2026-07-28"
 CLIENT_INFO = Implementation(name="mcpx", version="0.1.0")
 MAX_TOOL_PAGES = 100
+SHOWN_QUARANTINED = 100  # quarantined or changed tools per server in /readyz and /v1/tools; the audit log has all
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,14 @@ class CatalogSnapshot:
     """Every reachable server's tools at one moment; servers sorted by name."""
 
     servers: tuple[ServerInfo, ...] = ()
+    changed: frozenset[tuple[str, str]] = frozenset()
+    """(server, tool) of each tool whose definition differs from its pin (see `controller.pins`)."""
 
     @functools.cached_property
     def digest(self) -> str:
         """A content hash: equal catalogs share one stubs tree (built from the servers' own, so a server that
         changes costs one server's hashing, not the catalog's)."""
-        combined = "\n".join(server.digest for server in self.servers)
+        combined = "\n".join([*(server.digest for server in self.servers), *map(repr, sorted(self.changed))])
         return hashlib.sha256(combined.encode()).hexdigest()[:32]
 
     @functools.cached_property
@@ -114,7 +122,10 @@ class CatalogSnapshot:
         """The part of the catalog a session with this allowlist may see (None: everything)."""
         if servers is None:
             return self
-        return CatalogSnapshot(tuple(server for server in self.servers if server.name in servers))
+        return CatalogSnapshot(
+            tuple(server for server in self.servers if server.name in servers),
+            frozenset(change for change in self.changed if change[0] in servers),
+        )
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,33 @@ class ServerStatus:
     error: str | None = None
     protocol: str | None = None
     list_changes: int = 0
+    quarantined: tuple[Quarantined, ...] = ()
+    """Tools kept out of the catalog (the first `SHOWN_QUARANTINED`), with the reason."""
+    quarantined_total: int = 0
+    changed: tuple[DefinitionChange, ...] = ()
+    """Tools whose definition changed since pinned (the first `SHOWN_QUARANTINED`)."""
+
+
+@dataclass(frozen=True)
+class DefinitionChange:
+    """A tool whose definition differs from the one pinned when it was first seen; `held` when its old stub is
+    served and its calls are refused until an operator accepts the change."""
+
+    server: str
+    tool: str
+    pinned: str
+    current: str
+    held: bool
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """What every server's listing is held to: the limits, the pins, the policy on changes, and the audit log."""
+
+    limits: CatalogLimits = field(default_factory=CatalogLimits)
+    pins: Pins = field(default_factory=lambda: Pins(None))
+    on_definition_change: str = "serve"
+    audit: AuditLog | None = None
 
 
 def plain_value(result: dict[str, Any]) -> Any:
@@ -178,10 +216,24 @@ def block_value(block: dict[str, Any]) -> Any:
 class ServerConnection:
     """One upstream server: a task keeps a `Client` open and reconnects with backoff when it fails."""
 
-    def __init__(self, name: str, config: StdioServer | HttpServer, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: StdioServer | HttpServer,
+        on_change: Callable[[], None],
+        boundary: Boundary | None = None,
+        budget: Callable[[], int] | None = None,
+    ) -> None:
         self.name = name
         self.config = config
-        self.tools: tuple[ToolInfo, ...] = ()
+        self.boundary = boundary or Boundary()
+        self._budget = budget or (lambda: self.boundary.limits.max_catalog_bytes)
+        self.tools: tuple[ToolInfo, ...] = ()  # what is served: pinned definitions in place of held changes
+        self.live: tuple[ToolInfo, ...] = ()  # what the server lists now, within the limits
+        self.size = 0
+        self.quarantined: tuple[Quarantined, ...] = ()
+        self.changed: dict[str, tuple[str, str, ToolInfo]] = {}  # name -> (current hash, pinned hash, pinned tool)
+        self._audited: set[tuple[str, ...]] = set()
         self.description = config.description or ""
         self.state = "connecting"
         self.error: str | None = None
@@ -202,7 +254,22 @@ class ServerConnection:
         return self._info
 
     def status(self) -> ServerStatus:
-        return ServerStatus(self.name, self.state, len(self.tools), self.error, self.protocol, self.list_changes)
+        held = self.boundary.on_definition_change == "quarantine"
+        changes = tuple(
+            DefinitionChange(self.name, name, pinned, current, held)
+            for name, (current, pinned, _) in sorted(self.changed.items())[:SHOWN_QUARANTINED]
+        )
+        return ServerStatus(
+            self.name,
+            self.state,
+            len(self.tools),
+            self.error,
+            self.protocol,
+            self.list_changes,
+            self.quarantined[:SHOWN_QUARANTINED],
+            len(self.quarantined),
+            changes,
+        )
 
     async def run(self) -> None:
         """Connect, serve, reconnect; until cancelled."""
@@ -261,6 +328,68 @@ class ServerConnection:
         return Client(transport, message_handler=self._on_message, client_info=CLIENT_INFO, cache=None)
 
     async def _list_tools(self, client: Client) -> None:
+        listed = await self._fetch_tools(client)
+        # The boundary runs in a worker thread: bounded, linear work that the event loop never waits on.
+        admitted, changed = await anyio.to_thread.run_sync(self._admit, listed, self._budget())
+        self.live, self.size, self.quarantined, self.changed = (
+            admitted.tools,
+            admitted.size,
+            admitted.quarantined,
+            changed,
+        )
+        self._publish()
+        audit = self.boundary.audit
+        for item in admitted.quarantined:
+            quarantine_key = ("q", item.tool, str(item.chars), item.reason)
+            if audit is not None and quarantine_key not in self._audited:
+                self._audited.add(quarantine_key)
+                audit.record("tool.quarantined", **dataclasses.asdict(item))
+        for name, (current, pinned, _) in changed.items():
+            change_key = ("c", name, current)
+            if audit is not None and change_key not in self._audited:
+                self._audited.add(change_key)
+                audit.record(
+                    "tool.definition_changed",
+                    server=self.name,
+                    tool=name,
+                    pinned=pinned,
+                    current=current,
+                    held=self.boundary.on_definition_change == "quarantine",
+                )
+
+    def _admit(
+        self, listed: list[ToolInfo], budget: int
+    ) -> tuple[admission.Admitted, dict[str, tuple[str, str, ToolInfo]]]:
+        config = self.config
+        admitted = admission.admit(
+            self.name, listed, self.boundary.limits, budget, config.annotations, config.trust_annotations
+        )
+        return admitted, self.boundary.pins.review(self.name, admitted.tools)
+
+    def _publish(self) -> None:
+        """Serve the live tools, each held change by its pinned definition when changes are quarantined."""
+        if self.boundary.on_definition_change != "quarantine" or not self.changed:
+            self.tools = self.live
+        else:
+            self.tools = tuple(self.changed[tool.name][2] if tool.name in self.changed else tool for tool in self.live)
+
+    async def accept(self, tool: str) -> bool:
+        """Pin the tool's current definition and serve it; False when the server lists no such tool."""
+        live = next((info for info in self.live if info.name == tool), None)
+        if live is None:
+            return False
+        await anyio.to_thread.run_sync(self.boundary.pins.accept, live)
+        self.changed.pop(tool, None)
+        self._audited = {key for key in self._audited if key[:2] != ("c", tool)}
+        self._publish()
+        if self.boundary.audit is not None:
+            self.boundary.audit.record(
+                "tool.definition_accepted", server=self.name, tool=tool, current=fingerprint(live)
+            )
+        self._on_change()
+        return True
+
+    async def _fetch_tools(self, client: Client) -> list[ToolInfo]:
         tools: list[ToolInfo] = []
         cursor: str | None = None
         for _ in range(MAX_TOOL_PAGES):
@@ -281,7 +410,7 @@ class ServerConnection:
             cursor = page.next_cursor
             if cursor is None:
                 break
-        self.tools = tuple(sorted({tool.name: tool for tool in tools}.values(), key=lambda tool: tool.name))
+        return tools
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, ToolListChangedNotification):
@@ -302,7 +431,7 @@ class ServerConnection:
             self._refresh_wanted.clear()
             self.list_changes += 1
             await self._list_tools(client)
-            logger.info("MCP server %s changed its tools (%d now)", self.name, len(self.tools))
+            logger.info("MCP server %s changed its tools (%d now)", self.name, len(self.live))
             self._on_change()
 
     async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float, traceparent: str = "") -> ToolOutcome:
@@ -344,8 +473,12 @@ class ServerConnection:
 class Catalog:
     """Every configured server's connection, and the snapshot of their tools."""
 
-    def __init__(self, servers: Mapping[str, StdioServer | HttpServer]) -> None:
-        self.connections = {name: ServerConnection(name, config, self._changed) for name, config in servers.items()}
+    def __init__(self, servers: Mapping[str, StdioServer | HttpServer], boundary: Boundary | None = None) -> None:
+        self.boundary = boundary or Boundary()
+        self.connections = {
+            name: ServerConnection(name, config, self._changed, self.boundary, functools.partial(self._budget, name))
+            for name, config in servers.items()
+        }
         self.snapshot = CatalogSnapshot()
         self.listeners: list[Callable[[CatalogSnapshot], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -369,9 +502,25 @@ class Catalog:
         connection = self.connections[server]
         return await connection.call(tool, arguments, connection.config.timeout_s, traceparent)
 
+    def _budget(self, server: str) -> int:
+        """The catalog bytes left for `server`'s tools: the limit less every other server's."""
+        others = sum(connection.size for name, connection in self.connections.items() if name != server)
+        return max(self.boundary.limits.max_catalog_bytes - others, 0)
+
+    async def accept(self, server: str, tool: str) -> bool:
+        """Accept a tool's changed definition (see `ServerConnection.accept`); False for an unknown tool."""
+        connection = self.connections.get(server)
+        return connection is not None and await connection.accept(tool)
+
     def _changed(self) -> None:
         servers = tuple(connection.info() for _name, connection in sorted(self.connections.items()) if connection.tools)
-        snapshot = CatalogSnapshot(servers)
+        changed = frozenset(
+            (name, tool)
+            for name, connection in self.connections.items()
+            if connection.tools
+            for tool in connection.changed
+        )
+        snapshot = CatalogSnapshot(servers, changed)
         if snapshot.digest != self.snapshot.digest:
             self.snapshot = snapshot
             for listener in self.listeners:

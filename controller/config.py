@@ -35,6 +35,10 @@ class StdioServer(BaseModel):
     cwd: str | None = None
     description: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
+    annotations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """The operator's annotations per tool (`{"tool": {"readOnlyHint": true}}`): they win over the server's own."""
+    trust_annotations: bool = False
+    """Whether the server's own annotations (hints the MCP spec calls untrusted) count, e.g. for `read_only`."""
 
 
 class HttpServer(BaseModel):
@@ -46,6 +50,10 @@ class HttpServer(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     description: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
+    annotations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """The operator's annotations per tool (`{"tool": {"readOnlyHint": true}}`): they win over the server's own."""
+    trust_annotations: bool = False
+    """Whether the server's own annotations (hints the MCP spec calls untrusted) count, e.g. for `read_only`."""
 
 
 def _transport(entry: Any) -> str | None:
@@ -116,9 +124,8 @@ def load_servers(path: Path, environ: Mapping[str, str]) -> dict[str, StdioServe
 def demo_servers() -> dict[str, StdioServer | HttpServer]:
     """The built-in demo servers: what `make run` serves when no config is given."""
     return {
-        "docstore": StdioServer(command=sys.executable, args=("-m", "controller.demo.docstore")),
-        "crm": StdioServer(command=sys.executable, args=("-m", "controller.demo.crm")),
-        "deploys": StdioServer(command=sys.executable, args=("-m", "controller.demo.deploys")),
+        name: StdioServer(command=sys.executable, args=("-m", f"controller.demo.{name}"), trust_annotations=True)
+        for name in ("docstore", "crm", "deploys")
     }
 
 
@@ -128,6 +135,27 @@ def secrets_of(servers: Mapping[str, StdioServer | HttpServer]) -> set[str]:
     for server in servers.values():
         values.update((server.env if isinstance(server, StdioServer) else server.headers).values())
     return {value for value in values if len(value) >= 4}
+
+
+class CatalogLimits(BaseModel):
+    """What one server's tool listing may hold; a tool over a limit is quarantined (no stub, refused, reported)."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    max_name_chars: int = Field(default=128, ge=1)
+    """Longest tool name (names must also be made of `A-Z a-z 0-9 _ . -`, as the MCP spec says)."""
+    max_description_bytes: int = Field(default=16 * 1024, ge=0)
+    """Largest tool description (and title), UTF-8 bytes."""
+    max_schema_bytes: int = Field(default=64 * 1024, ge=2)
+    """Largest inputSchema, outputSchema or annotations object, as JSON bytes."""
+    max_schema_depth: int = Field(default=32, ge=1)
+    """Deepest nesting of objects and arrays in a schema."""
+    max_schema_properties: int = Field(default=512, ge=0)
+    """Most properties, at all depths, in a schema."""
+    max_tools_per_server: int = Field(default=1000, ge=0)
+    """Most tools served from one server (the first by name); the rest are quarantined."""
+    max_catalog_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    """Most bytes of tool definitions over all servers; tools past it are quarantined."""
 
 
 class Limits(BaseModel):
@@ -246,6 +274,11 @@ class Settings(BaseSettings):
     """`json`: one JSON object per log line, with the trace and span ids of the current span."""
     anomalies: Thresholds = Thresholds()
     """Thresholds of the anomaly detectors (per session and per tenant), which raise audit events and a metric."""
+    catalog: CatalogLimits = CatalogLimits()
+    """Limits on what MCP servers list, checked before anything else reads it."""
+    operators: list[str] = Field(default_factory=list)
+    """Tenants that may accept a changed tool definition (`POST /v1/tools/{server}/{tool}/accept`); without API
+    keys, the one caller may."""
 
     def servers(self, environ: Mapping[str, str] | None = None) -> dict[str, StdioServer | HttpServer]:
         """The configured MCP servers. Raises: ConfigError."""
@@ -266,7 +299,11 @@ def reference() -> str:
         for name, info in model.model_fields.items():
             variable = f"{prefix}{name.upper()}"
             nested = info.annotation if isinstance(info.annotation, type) else None
-            if nested is not None and issubclass(nested, BaseModel) and name in ("defaults", "policy", "anomalies"):
+            if (
+                nested is not None
+                and issubclass(nested, BaseModel)
+                and name in ("defaults", "policy", "anomalies", "catalog")
+            ):
                 add(nested, f"{variable}__")
                 continue
             default = info.get_default(call_default_factory=True)

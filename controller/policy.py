@@ -136,7 +136,10 @@ class Policy(BaseModel):
     tools: list[str] | None = Field(
         default=None, description='Tools the code may call, as "server/tool"; default: every tool of its servers.'
     )
-    read_only: bool = Field(default=False, description="Only tools their server marks readOnlyHint.")
+    read_only: bool = Field(
+        default=False,
+        description="Only tools annotated readOnlyHint, by the config or by a server it trusts (`trust_annotations`).",
+    )
     max_tool_calls_per_execution: int = Field(default=1000, ge=0, description="Tool calls one execution may make.")
     max_tool_calls: int = Field(default=100_000, ge=0, description="Tool calls over the session's lifetime.")
     max_concurrent_tool_calls: int = Field(default=16, ge=1, description="Tool calls in flight at once.")
@@ -150,6 +153,11 @@ class Policy(BaseModel):
         default="enforce",
         description="Python code is checked against the stubs before it runs: refused on a finding (enforce), run "
         "with the findings in the response (warn), or not checked (off). A request may choose for itself.",
+    )
+    on_definition_change: Literal["serve", "quarantine"] = Field(
+        default="serve",
+        description="A tool whose definition changed since it was pinned: `serve` it, or refuse its calls until "
+        "an operator accepts the change (server-wide: its old stub is served meanwhile).",
     )
 
     def within(self, server_wide: Policy) -> Policy:
@@ -168,6 +176,9 @@ class Policy(BaseModel):
             denied_imports=sorted({*self.denied_imports, *server_wide.denied_imports}),
             # Not a limit but a help to the code's author: the session's own choice stands.
             preflight=self.preflight if "preflight" in self.model_fields_set else server_wide.preflight,
+            on_definition_change="quarantine"
+            if "quarantine" in (self.on_definition_change, server_wide.on_definition_change)
+            else "serve",
         )
 
 
@@ -197,6 +208,8 @@ def check_call(
         raise PolicyRefusal("refused", f"{server}.{tool}: {known}")
     if policy.read_only and info.annotations.get("readOnlyHint") is not True:
         raise PolicyRefusal("refused", f"{server}.{tool} is not marked read-only and this session is read-only")
+    if policy.on_definition_change == "quarantine" and (server, tool) in snapshot.changed:
+        raise PolicyRefusal("refused", f"{server}.{tool} changed its definition; an operator must accept the change")
     try:
         json.dumps(arguments, ensure_ascii=False, allow_nan=False).encode()
     except (UnicodeEncodeError, ValueError, RecursionError):

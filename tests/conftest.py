@@ -173,7 +173,12 @@ def servers_file(tmp_path_factory: pytest.TempPathFactory, everything_http: str,
                 "env": {"MCP_SDK": str(TS_SDK)},
             },
             "docstore": {"command": sys.executable, "args": ["-m", "controller.demo.docstore"], "cwd": str(ROOT)},
-            "crm": {"command": sys.executable, "args": ["-m", "controller.demo.crm"], "cwd": str(ROOT)},
+            "crm": {
+                "command": sys.executable,
+                "args": ["-m", "controller.demo.crm"],
+                "cwd": str(ROOT),
+                "trust_annotations": True,
+            },
             "deploys": {"command": sys.executable, "args": ["-m", "controller.demo.deploys"], "cwd": str(ROOT)},
         }
     }

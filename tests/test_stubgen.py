@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from inline_snapshot import snapshot
 
-from controller import stubgen
+from controller import stubgen, tsstubs
 from controller.catalog import CatalogSnapshot, ServerInfo, ToolInfo
 
 GET_CURRENT_TIME = ToolInfo(
@@ -564,8 +564,8 @@ def test_identifiers_are_sanitized_escaped_and_deduplicated_in_wire_name_order()
             ("s", "nul\x00"): ("s", "nul"),
             ("s", "print"): ("s", "print_"),
             ("s", "_private"): ("s", "private"),
-            ("s", "search_tools"): ("s", "search_tools"),
-            ("s", "SERVERS"): ("s", "servers"),
+            ("s", "search_tools"): ("s", "search_tools_"),
+            ("s", "SERVERS"): ("s", "servers_"),
             ("s", ""): ("s", "tool"),
             ("s", "\u2028"): ("s", "tool_2"),
             ("s", "2fa"): ("s", "tool_2fa"),
@@ -803,3 +803,85 @@ def test_write_tree_refuses_paths_outside_the_tree_and_leaves_nothing_behind(tmp
 def test_write_tree_refuses_a_digest_that_is_not_a_plain_name(tmp_path: Path, digest: str) -> None:
     with pytest.raises(ValueError, match="digest"):
         stubgen.write_tree({}, tmp_path, digest)
+
+
+# --- paths that could fail to be written ------------------------------------------------------------------------
+
+# Wire names whose files a naive generator could not write, or would write on top of each other: longer than any
+# file-name limit, path separators, NUL, dot names, reserved files, names equal but for case or after sanitising.
+AWKWARD_NAMES = (
+    "A" * 5_000, "x" * 256, "y" * 255, "z" * 128, "a/b", "../../etc/passwd", "/abs", "nul\x00byte", ".", "..",
+    "...", "__init__", "__init__.py", "index", "index.ts", "__pycache__", "Foo", "foo", "FOO", "fOO",
+    "a.b", "a-b", "a_b", "a b", "ǅ", "ß", "ss", "Å", "A\u030a", "-", "", "con", "aux", "nul",
+)  # fmt: skip
+
+
+def awkward_catalog() -> CatalogSnapshot:
+    servers = [ServerInfo(name, tools=tuple(ToolInfo(name, tool) for tool in AWKWARD_NAMES)) for name in ("s", "S")]
+    return CatalogSnapshot((*servers, ServerInfo("x" * 300, tools=(ToolInfo("x" * 300, "t"),))))
+
+
+def test_every_awkward_name_gets_a_short_file_of_its_own_that_calls_it_by_its_wire_name(tmp_path: Path) -> None:
+    catalog = awkward_catalog()
+    files = stubgen.render(catalog) | tsstubs.render(catalog)
+    tree = stubgen.write_tree(files, tmp_path, "awkward")
+    written = {path.relative_to(tree).as_posix() for path in tree.rglob("*") if path.is_file()}
+    assert written == set(files)
+    assert max(len(part.encode()) for path in files for part in path.split("/")) <= stubgen.MAX_IDENT + 8
+    folded = {path.casefold() for path in files}
+    assert len(folded) == len(files)  # nothing collides on a case-insensitive file system either
+    names = stubgen.identifiers(catalog)
+    assert len(set(names.values())) == len(names) == 2 * len(set(AWKWARD_NAMES)) + 1
+    for (server, tool), (server_ident, tool_ident) in names.items():
+        assert tool_ident not in ("index", "__init__")
+        source = files[f"servers/{server_ident}/{tool_ident}.py"]
+        assert f"_call({server!r}, {tool!r}," in source.replace("\n        ", "").replace("(\n", "(")
+
+
+def test_long_identifiers_keep_a_prefix_and_a_hash_of_the_wire_name() -> None:
+    long_names = ("A" * 5_000, "x" * 256, "x" * 257)
+    catalog = CatalogSnapshot((ServerInfo("s", tools=tuple(ToolInfo("s", name) for name in long_names)),))
+    idents = [ident for _, ident in stubgen.identifiers(catalog).values()]
+    assert all(len(ident) <= stubgen.MAX_IDENT for ident in idents)
+    assert len(set(idents)) == 3
+    assert stubgen.identifiers(catalog) == stubgen.identifiers(CatalogSnapshot(catalog.servers[::-1]))
+    short = "q" * stubgen.MAX_IDENT
+    assert stubgen.identifiers(CatalogSnapshot((ServerInfo("s", tools=(ToolInfo("s", short),)),)))[("s", short)] == (
+        "s",
+        short,
+    )
+
+
+def test_tool_names_that_would_shadow_the_agents_own_names_are_renamed(
+    runtime: FakeRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shadowing = ("search_tools", "os", "sys", "builtins", "servers", "SERVERS", "json", "mcpx_runtime", "index")
+    catalog = CatalogSnapshot((ServerInfo("evil", tools=tuple(ToolInfo("evil", name) for name in shadowing)),))
+    idents = {tool: ident for (_, tool), (_, ident) in stubgen.identifiers(catalog).items()}
+    assert idents == {name: name.lower() + "_" for name in shadowing if name != "servers"} | {"servers": "servers_2"}
+    mount(stubgen.render(catalog), tmp_path, monkeypatch)
+    namespace: dict[str, Any] = {}
+    exec("from servers.evil import *", namespace)  # the generated tree, as an agent imports it
+    reserved = {*stubgen.RUNTIME_EXPORTS, "SERVERS", "servers", "os", "sys", "builtins", "json", "index"}
+    assert reserved.isdisjoint(namespace)
+    namespace["search_tools_"]()
+    assert runtime.calls[-1][:2] == ("evil", "search_tools")
+
+
+def test_a_tree_the_host_cannot_write_is_a_typed_error_that_leaves_nothing(tmp_path: Path) -> None:
+    files = stubgen.render(CATALOG)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "abc").write_text("a file where the tree belongs")
+    for root in (blocker / "stubs", Path("/proc/mcpx-stubs"), tmp_path / "taken"):
+        with pytest.raises(stubgen.StubsUnwritable):
+            stubgen.write_tree(files, root, "abc")
+    assert sorted(path.name for path in (tmp_path / "taken").iterdir()) == ["abc"]
+
+
+def test_a_stub_file_that_cannot_be_created_fails_the_write_and_leaves_nothing(tmp_path: Path) -> None:
+    files = {"servers/__init__.py": "", "servers/a/__init__.py": "", "servers/a/" + "n" * 300 + ".py": ""}
+    with pytest.raises(stubgen.StubsUnwritable, match="File name too long"):
+        stubgen.write_tree(files, tmp_path, "abc")
+    assert list(tmp_path.iterdir()) == []
