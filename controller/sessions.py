@@ -75,7 +75,7 @@ OOM_EVENT_WAIT_S = 2.0
 # What of a response the model reads, all within its token budget; and how often shaping may retry to absorb the
 # JSON around the parts (keys, escapes) into it.
 CARRIED = {"stdout", "stderr", "result", "error", "tool_calls"}
-FIT_ROUNDS = 6
+FIT_ROUNDS = 8
 
 
 class ExecutionError(BaseModel):
@@ -745,8 +745,9 @@ class SessionManager:
             size = self.tokens.count_json(carry(result.model_copy(deep=True), shaped).model_dump(include=CARRIED))
             if size <= budget or room == 0:
                 break
-            # A part's cut moves by whole tokens of its own text; repeated shortfalls shrink it faster.
-            room = max(room - (size - budget) * 2**attempt, 0)
+            # Escapes can take several times the text's tokens (\u0001): shrink in proportion, and by more each
+            # round, since a cut moves by whole tokens of each part.
+            room = max(min(room * budget // size, room - 2**attempt), 0)
         return shaped
 
     async def interrupt(self, session: Session) -> None:

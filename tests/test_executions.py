@@ -434,3 +434,14 @@ def test_many_tool_calls_and_a_long_error_message_fit_the_budget_and_are_counted
     assert len(calls) == TOOL_CALLS and calls[0] == reply["tool_calls"][0] and calls[-1] == reply["tool_calls"][-1]
     message = api.get(files + reply["full_output"]["message"].removeprefix("/workspace/")).text
     assert message == " ".join(f"word{i}" for i in range(5000))
+
+
+def test_output_that_json_escapes_several_times_over_still_fits_the_budget(
+    api: httpx.Client, new_session: SessionFactory
+):
+    # A control character is one token of text and several of JSON (\u0001): the budget is of the JSON.
+    reply = execute(api, new_session(), "print('\\x01' * 50_000)\n'done'", max_output_tokens=500)
+    assert reply["result"] == "done"
+    returned = Tokens().count(json.dumps({key: reply[key] for key in CARRIED}, ensure_ascii=False))
+    assert returned == reply["tokens"]["returned"] <= 500
+    assert "\x01" * 20 in reply["stdout"]
