@@ -223,7 +223,7 @@ class Settings(BaseSettings):
     max_frame_bytes: int = 16 * 1024 * 1024
     """Largest single message on a session socket."""
     max_output_bytes: int = 4 * 1024 * 1024
-    """Captured stdout (and stderr) per execution; more is dropped with a marker."""
+    """Captured stdout (and stderr) per execution; past it the middle is dropped, with a marker."""
     kill_grace_s: float = 1.0
     """After a timeout's interrupt, how long the code may take to stop before its interpreter is killed."""
     start_timeout_s: float = 30.0
@@ -247,7 +247,7 @@ class Settings(BaseSettings):
     handover: bool = False
     """At shutdown, leave the sessions' sandboxes running for the next start of this controller to re-adopt."""
     max_output_tokens: int = Field(default=4000, ge=16)
-    """Default token budget of an execution's response (stdout, stderr, result and traceback together)."""
+    """Default token budget of an execution's response (stdout, stderr, result, error and tool calls together)."""
     output_strategy: Literal["truncate", "summarize", "sample"] = "truncate"
     """Default way to fit output over its budget: head and tail, JSON shape, or representative lines."""
     api_keys: str | None = Field(default=None, repr=False)

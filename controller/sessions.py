@@ -56,7 +56,7 @@ from controller.runtime import (
     SandboxSpec,
     choose_runtime,
 )
-from controller.shaping import Strategy, Tokens
+from controller.shaping import OUTPUT_LIMIT, CapturedStream, Strategy, Tokens
 from controller.telemetry import Telemetry, child_of
 from controller.workspaces import Workspaces
 
@@ -73,6 +73,10 @@ NO_LANGUAGE_RUNTIME = -32010
 HUNG_MARGIN_S = 5.0
 # How long a crashed execution waits for the engine to report an OOM kill that explains it.
 OOM_EVENT_WAIT_S = 2.0
+# What of a response the model reads, all within its token budget; and how often shaping may retry to absorb the
+# JSON around the parts (keys, escapes) into it.
+CARRIED = {"stdout", "stderr", "result", "error", "tool_calls"}
+FIT_ROUNDS = 8
 
 
 class ExecutionError(BaseModel):
@@ -101,6 +105,15 @@ class TokenReport(BaseModel):
 
     def add(self, other: TokenReport) -> TokenReport:
         return TokenReport(**{name: getattr(self, name) + getattr(other, name) for name in TokenReport.model_fields})
+
+
+class DroppedOutput(BaseModel):
+    """Output of one stream the sandbox did not keep: `bytes` over `limit` (`limit_bytes` a stream), dropped from
+    the middle, where the stream's text has a marker: its start and its end are kept."""
+
+    bytes: int
+    limit: str = OUTPUT_LIMIT
+    limit_bytes: int
 
 
 class ExecutionResult(BaseModel):
@@ -157,6 +170,22 @@ class ExecutionResult(BaseModel):
     preflight: list[Finding] = Field(
         default_factory=list, description="What the pre-flight check found (with `warn`, or a dry run)."
     )
+    tool_calls_omitted: int = Field(
+        default=0, description="Tool calls left out of the middle of `tool_calls` to fit the budget (all are saved)."
+    )
+    dropped: dict[str, DroppedOutput] = Field(
+        default_factory=dict, description="Per stream, output over the capture cap that the sandbox did not keep."
+    )
+
+
+def carry(result: ExecutionResult, shaped: shaping.Shaped) -> ExecutionResult:
+    """Put the shaped parts into the result (the tool calls kept are the first and the last of the list)."""
+    result.tool_calls_omitted = len(result.tool_calls) - len(shaped.tool_calls)
+    result.tool_calls = [ToolCall.model_validate(call) for call in shaped.tool_calls]
+    result.stdout, result.stderr, result.result = shaped.stdout, shaped.stderr, shaped.result
+    if result.error is not None:
+        result.error.traceback, result.error.message = shaped.traceback, shaped.message
+    return result
 
 
 def failure(kind: Literal["timeout", "oom", "crash"], message: str, started: float) -> ExecutionResult:
@@ -210,6 +239,7 @@ class Session:
     restarts: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     listener: EventListener | None = None
+    output: dict[str, CapturedStream] | None = None  # the running execution's stdout and stderr
     billed: list[asyncio.Future[ToolCall]] = field(default_factory=list)
     tokens: TokenReport = field(default_factory=TokenReport)
     trace: str = ""
@@ -233,9 +263,17 @@ class Session:
         return self.lock.locked()
 
     def on_notification(self, method: str, params: dict[str, Any]) -> None:
-        stream, text = params.get("stream"), params.get("text")
-        if method == "output" and self.listener and stream in ("stdout", "stderr") and isinstance(text, str):
-            self.listener("output", {"stream": stream, "text": text})
+        name, text, dropped = params.get("stream"), params.get("text"), params.get("dropped")
+        if method != "output" or self.output is None or name not in ("stdout", "stderr"):
+            return
+        if isinstance(text, str):
+            kept = self.output[name].add(text)
+        elif type(dropped) is int and dropped > 0:
+            kept = self.output[name].drop(dropped)
+        else:
+            return
+        if self.listener and kept:
+            self.listener("output", {"stream": name, "text": kept})
 
 
 class SessionManager:
@@ -680,13 +718,27 @@ class SessionManager:
     def _shape(
         self, session: Session, code: str, result: ExecutionResult, budget: int, strategy: Strategy
     ) -> ExecutionResult:
-        """Fit the result into its budget, save the full text of what was cut, and account for the tokens."""
-        traceback = result.error.traceback if result.error else ""
-        parts = {"stdout": result.stdout, "stderr": result.stderr, "result": result.result, "traceback": traceback}
+        """Fit what the model reads of the result into its budget, save the full text of what was cut, and account
+        for the tokens."""
+        error = result.error
+        calls = [call.model_dump() for call in result.tool_calls]
+        parts = {
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "result": result.result,
+            "traceback": error.traceback if error else "",
+            "message": error.message if error else "",
+            "tool_calls": calls,
+        }
         folder = f"{OUTPUTS}/{session.executions}"
-        names = {"stdout": "stdout.txt", "stderr": "stderr.txt", "result": "result.json", "traceback": "traceback.txt"}
+        names = {
+            "stdout": "stdout.txt", "stderr": "stderr.txt", "result": "result.json", "traceback": "traceback.txt",
+            "message": "error_message.txt", "tool_calls": "tool_calls.json",
+        }  # fmt: skip
         saved_at = {part: f"{WORKSPACE_MOUNT}/{folder}/{name}" for part, name in names.items()}
-        shaped = shaping.shape_output(self.tokens, parts, budget, strategy, saved_at)
+        # Bytes the sandbox dropped are named in the text too, wherever shaping cuts it.
+        notes = {name: shaping.drop_marker(drop.bytes, drop.limit_bytes) for name, drop in result.dropped.items()}
+        shaped = self._fit(result, parts, budget, strategy, saved_at, notes)
         for part in shaped.cut:
             value = parts[part]
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
@@ -696,13 +748,11 @@ class SessionManager:
             except WorkspaceError as exc:
                 logger.warning("session %s: cannot save the full %s: %s", session.id, part, exc)
         if set(shaped.cut) - set(result.full_output):  # markers must not point to files that were not written
-            shaped = shaping.shape_output(self.tokens, parts, budget, strategy, result.full_output)
-        result.stdout, result.stderr, result.result = shaped.stdout, shaped.stderr, shaped.result
-        if result.error is not None:
-            result.error.traceback = shaped.traceback
-        returned = self.tokens.count_json(result.model_dump(include={"stdout", "stderr", "result", "error"}))
+            shaped = self._fit(result, parts, budget, strategy, result.full_output, notes)
         tool_results = sum(call.tokens for call in result.tool_calls)
         tool_calls = sum(call.call_tokens for call in result.tool_calls)
+        carry(result, shaped)
+        returned = self.tokens.count_json(result.model_dump(include=CARRIED))
         code_tokens = self.tokens.count(code)
         direct = tool_results + tool_calls
         result.tokens = TokenReport(
@@ -715,6 +765,28 @@ class SessionManager:
         )
         session.tokens = session.tokens.add(result.tokens)
         return result
+
+    def _fit(
+        self,
+        result: ExecutionResult,
+        parts: dict[str, Any],
+        budget: int,
+        strategy: Strategy,
+        saved_at: dict[str, str],
+        notes: dict[str, str],
+    ) -> shaping.Shaped:
+        """Shape the parts so that the response's JSON of them (with its keys, quotes and escapes) is within
+        `budget` tokens: the parts are shaped to less by what that JSON took over, until it fits."""
+        room = budget
+        for attempt in range(FIT_ROUNDS):
+            shaped = shaping.shape_output(self.tokens, parts, room, strategy, saved_at, notes)
+            size = self.tokens.count_json(carry(result.model_copy(deep=True), shaped).model_dump(include=CARRIED))
+            if size <= budget or room == 0:
+                break
+            # Escapes can take several times the text's tokens (\u0001): shrink in proportion, and by more each
+            # round, since a cut moves by whole tokens of each part.
+            room = max(min(room * budget // size, room - 2**attempt), 0)
+        return shaped
 
     async def interrupt(self, session: Session) -> None:
         """Stop the running execution, as a timeout does (interrupt, then kill after the grace period)."""
@@ -737,9 +809,20 @@ class SessionManager:
             "traceparent": session.traceparent,
         }
         deadline = timeout_s + self.settings.kill_grace_s + HUNG_MARGIN_S
+        # Output arrives in notifications ahead of the reply, so no frame limit bounds it: only the output cap.
+        output = session.output = {
+            name: CapturedStream(self.settings.max_output_bytes) for name in ("stdout", "stderr")
+        }
         try:
             reply = await session.bridge.request("execute", params, deadline)
             result = ExecutionResult.model_validate(reply)
+            session.output = None
+            result.stdout, result.stderr = output["stdout"].text(), output["stderr"].text()
+            result.dropped = {
+                name: DroppedOutput(bytes=stream.dropped, limit_bytes=stream.limit)
+                for name, stream in output.items()
+                if stream.dropped
+            }
         except BridgeTimeout:
             await self._restart(session)
             return failure("timeout", "the sandbox stopped responding and was restarted", started)
@@ -930,8 +1013,7 @@ class SessionManager:
         return {
             "MCPX_SOCKET": f"{SOCKET_MOUNT}/{SOCKET_NAME}",
             "MCPX_MAX_FRAME": str(self.settings.max_frame_bytes),
-            # JSON may escape one byte as six (\u0001): stdout and stderr at their cap must still fit in a frame.
-            "MCPX_MAX_OUTPUT": str(min(self.settings.max_output_bytes, self.settings.max_frame_bytes // 14)),
+            "MCPX_MAX_OUTPUT": str(self.settings.max_output_bytes),
             "MCPX_KILL_GRACE_S": str(self.settings.kill_grace_s),
             "MCPX_RECONNECT_S": str(self.settings.reconnect_s),
         }

@@ -9,7 +9,7 @@ value), and the marker says how much was cut and where the full output was saved
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import tiktoken
@@ -24,6 +24,9 @@ SLICES, SLICE_CHARS = 32, 4096
 MAX_CHARS_PER_TOKEN = 16
 SAMPLE_ITEMS = 3
 MAX_DEPTH = 6
+# The setting that caps each captured stream; named in the marker of output dropped by it.
+OUTPUT_LIMIT = "MCPX_MAX_OUTPUT_BYTES"
+MARKER_ROOM = 256  # characters beyond the cap for the marker of what the sandbox dropped
 
 
 class Tokens:
@@ -209,6 +212,47 @@ def shape_value(
     return (cut.text, cut.cut_tokens) if cut.cut else (value, 0)
 
 
+class CapturedStream:
+    """One stream of an execution as the sandbox sends it, in pieces: the text, with a marker where the sandbox
+    dropped bytes over the cap (it keeps the start and the end). The sandbox keeps at most `limit` bytes, each at
+    least one character, so more than `limit` characters (and room for its marker) is a hostile sandbox's: the
+    excess is dropped here, and a marker at the end counts every dropped byte no other marker shows."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dropped = 0
+        self._room = limit + MARKER_ROOM
+        self._parts: list[str] = []
+        self._unmarked = 0
+
+    def add(self, text: str) -> str:
+        """Keep a piece; return what was kept of it."""
+        kept = text[: self._room]
+        if len(kept) < len(text):
+            lost = len(text[len(kept) :].encode(errors="replace"))
+            self.dropped += lost
+            self._unmarked += lost
+        self._room -= len(kept)
+        self._parts.append(kept)
+        return kept
+
+    def drop(self, count: int) -> str:
+        """The sandbox dropped `count` bytes here; return the marker that stands for them."""
+        mark = drop_marker(count, self.limit)
+        self.dropped += count
+        if len(mark) > self._room:
+            self._unmarked += count
+            return ""
+        return self.add(mark)
+
+    def text(self) -> str:
+        return "".join(self._parts) + (drop_marker(self._unmarked, self.limit) if self._unmarked else "")
+
+
+def drop_marker(count: int, limit: int) -> str:
+    return f"\n[mcpx: {count} more bytes of output were dropped] (over {OUTPUT_LIMIT}, {limit:,} bytes a stream)\n"
+
+
 @dataclass(frozen=True)
 class Shaped:
     """An execution's output within its budget; `cut` names the parts that were cut (their full text is saved)."""
@@ -218,16 +262,25 @@ class Shaped:
     result: Any
     traceback: str
     cut: dict[str, int]
+    message: str = ""
+    tool_calls: list[Any] = field(default_factory=list)
 
 
 def shape_output(
-    tokens: Tokens, parts: dict[str, Any], budget: int, strategy: Strategy, saved_at: dict[str, str]
+    tokens: Tokens,
+    parts: dict[str, Any],
+    budget: int,
+    strategy: Strategy,
+    saved_at: dict[str, str],
+    notes: dict[str, str] | None = None,
 ) -> Shaped:
-    """Fit stdout, stderr, result and traceback into `budget` tokens together.
+    """Fit stdout, stderr, result, traceback, the error's message and the list of tool calls into `budget` tokens
+    together.
 
-    `parts` maps those names to their values; `saved_at` maps them to where their full text will be saved if cut.
+    `parts` maps those names to their values; `saved_at` maps them to where their full text will be saved if cut;
+    `notes` maps text parts to a note that must stay in them when they are cut (it follows the cut's marker).
     """
-    sizes = {name: tokens.count_json(value) for name, value in parts.items() if value not in (None, "")}
+    sizes = {name: tokens.count_json(value) for name, value in parts.items() if value not in (None, "", [])}
     allotted = shares(sizes, budget)
     shaped = dict(parts)
     cut: dict[str, int] = {}
@@ -238,9 +291,15 @@ def shape_output(
             continue
         if name == "result":
             shaped[name], lost = shape_value(tokens, parts[name], allotted[name], strategy, saved_at.get(name), size)
+        elif name == "tool_calls":
+            shaped[name], lost = shape_list(tokens, parts[name], allotted[name], size)
         else:
-            piece = shape_text(tokens, str(parts[name]), allotted[name], strategy, saved_at.get(name))
+            note = (notes or {}).get(name, "")
+            room = allotted[name] - (tokens.count(note) if note else 0)
+            piece = shape_text(tokens, str(parts[name]), room, strategy, saved_at.get(name))
             shaped[name], lost = piece.text, piece.cut_tokens
+            if note and note not in piece.text:
+                shaped[name] = with_note(piece.text, note)
         if lost:
             cut[name] = lost
     return Shaped(
@@ -249,7 +308,36 @@ def shape_output(
         result=shaped.get("result"),
         traceback=str(shaped.get("traceback") or ""),
         cut=cut,
+        message=str(shaped.get("message") or ""),
+        tool_calls=list(shaped.get("tool_calls") or []),
     )
+
+
+def with_note(text: str, note: str) -> str:
+    """`note` right after the first cut marker in `text`, else at its end."""
+    start = text.find("\n[... mcpx cut ")
+    end = text.find(" ...]\n", start) if start >= 0 else -1
+    if end < 0:
+        return text + note
+    end += len(" ...]\n")
+    return text[:end] + note.lstrip("\n") + text[end:]
+
+
+def shape_list(tokens: Tokens, items: list[Any], budget: int, total: int) -> tuple[list[Any], int]:
+    """The first and the last items of a list that fit in `budget` tokens together, in order; the middle is left
+    out (the caller says how many items that is)."""
+    if total <= budget:
+        return items, 0
+    sizes = [tokens.count_json(item) + 1 for item in items]  # and a separator
+    head, tail, used = 0, 0, 2  # the brackets
+    while head + tail < len(items):
+        index = head if head <= tail else len(items) - 1 - tail
+        if used + sizes[index] > budget:
+            break
+        used += sizes[index]
+        head, tail = (head + 1, tail) if index == head else (head, tail + 1)
+    kept = items[:head] + items[len(items) - tail :]
+    return kept, total - tokens.count_json(kept)
 
 
 def shares(sizes: dict[str, int], budget: int) -> dict[str, int]:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
 
-from tests.conftest import SessionFactory, execute
+from controller.shaping import Tokens
+from tests.conftest import LiveServer, SessionFactory, execute, make_settings
 
 
 def test_variables_imports_and_functions_persist_across_executions(api: httpx.Client, new_session: SessionFactory):
@@ -132,9 +142,12 @@ def test_killing_the_sandbox_supervisor_restarts_the_sandbox(
 
 def test_output_beyond_the_cap_is_dropped_with_a_marker(api: httpx.Client, new_session: SessionFactory, settings):
     session = new_session()
-    reply = execute(api, session, f"print('x' * {settings.max_output_bytes + 1000})")
+    reply = execute(api, session, f"print('x' * {settings.max_output_bytes + 1000}, end='')\nprint('the end')")
     assert len(reply["stdout"]) < settings.max_output_bytes + 200
-    assert "more bytes of output were dropped" in reply["stdout"]
+    assert "[mcpx: 1008 more bytes of output were dropped]" in reply["stdout"]
+    assert reply["stdout"].endswith("xthe end\n")
+    limit = {"limit": "MCPX_MAX_OUTPUT_BYTES", "limit_bytes": settings.max_output_bytes}
+    assert reply["dropped"] == {"stdout": {"bytes": 1008, **limit}}
 
 
 def test_a_forked_child_that_falls_through_cannot_answer_for_the_worker(api: httpx.Client, new_session: SessionFactory):
@@ -215,3 +228,215 @@ def test_modules_written_to_the_workspace_import_but_shadow_nothing(api: httpx.C
     execute(api, session, "open('/workspace/helpers.py', 'w').write('ANSWER = 42')\nopen('/workspace/json.py', 'w')")
     reply = execute(api, session, "import helpers, json\nhelpers.ANSWER, hasattr(json, 'dumps')")
     assert reply["result"] == [42, True]
+
+
+# Output capture: every byte up to the cap (MCPX_MAX_OUTPUT_BYTES a stream) reaches the response and the file of the
+# full output; past it only the middle is dropped, so the real end survives, and the response says how much.
+
+CAP = 100_000
+DROP_MARKER = re.compile(
+    r"\n\[mcpx: (\d+) more bytes of output were dropped\] \(over MCPX_MAX_OUTPUT_BYTES, [\d,]+ bytes a stream\)\n"
+)
+TEXT = "text = ''.join(f'{{i:06d}} ' + 'x' * 92 + '\\n' for i in range({size} // 100 + 1))[:{size}]\n"
+WRITERS = {
+    "small writes": "import sys\nfor i in range(0, len(text), 100):\n    sys.{name}.write(text[i : i + 100])",
+    "one large write": "import os\ndata = text.encode()\nwhile data:\n    data = data[os.write({fd}, data) :]",
+    "a subprocess": (
+        "import subprocess, sys\nopen('/workspace/printed.txt', 'w').write(text)\n"
+        "command = 'import shutil, sys; shutil.copyfileobj(open(\"/workspace/printed.txt\"), sys.{name})'\n"
+        "subprocess.run([sys.executable, '-c', command], check=True)"
+    ),
+}
+TS_WRITE = (
+    "var text = Array.from({{ length: Math.floor({size} / 100) + 1 }},\n"
+    "  (_, i) => String(i).padStart(6, '0') + ' ' + 'x'.repeat(92) + '\\n').join('').slice(0, {size});\n"
+    "for (let i = 0; i < text.length; i += 100) process.{name}.write(text.slice(i, i + 100));\n"
+)
+
+
+def printed(size: int) -> str:
+    """What TEXT and TS_WRITE print: numbered lines of 100 bytes, cut to `size`."""
+    return "".join(f"{i:06d} " + "x" * 92 + "\n" for i in range(size // 100 + 1))[:size]
+
+
+def python_printing(size: int, name: str, writer: str) -> str:
+    return TEXT.format(size=size) + WRITERS[writer].format(name=name, fd=1 if name == "stdout" else 2)
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A controller whose output cap is CAP bytes a stream (and no MCP servers)."""
+    state = tmp_path_factory.mktemp("capped")
+    servers = state / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {}}))
+    settings = make_settings(state, servers_file=servers, controller_id=f"capped{os.getpid()}", max_output_bytes=CAP)
+    with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def capped_session(capped: httpx.Client) -> Iterator[str]:
+    session = str(capped.post("/v1/sessions").json()["id"])
+    yield session
+    capped.delete(f"/v1/sessions/{session}")
+
+
+def run(client: httpx.Client, session: str, code: str, streamed: bool, **body: Any) -> tuple[dict[str, Any], str]:
+    """An execution's response, and the text of its `output` events per stream (when streamed)."""
+    if not streamed:
+        return execute(client, session, code, **body), ""
+    received: list[tuple[str, Any]] = []
+    with client.stream("POST", f"/v1/sessions/{session}/executions", json={"code": code, **body},
+                       headers={"accept": "text/event-stream"}) as response:  # fmt: skip
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                received.append((event, json.loads(line[6:])))
+    assert received[-1][0] == "result", received[-1]
+    return received[-1][1], json.dumps([data for event, data in received if event == "output"])
+
+
+def check_capture(client: httpx.Client, session: str, reply: dict[str, Any], name: str, expected: str, cap: int):
+    """The file of the full output holds all that was printed up to the cap; past it, the start and the end with
+    a marker between them, and `dropped` says how many bytes and by which limit. The response ends as the output."""
+    saved = reply["full_output"][name]
+    response = client.get(f"/v1/sessions/{session}/files/{saved.removeprefix('/workspace/')}")
+    kept = response.content.decode()
+    over = len(expected.encode()) - cap
+    if over <= 0:
+        assert kept == expected
+        assert name not in reply["dropped"]
+    else:
+        head, dropped, tail = DROP_MARKER.split(kept)
+        assert int(dropped) == over
+        assert head == expected[: len(head)] and tail == expected[len(expected) - len(tail) :]
+        assert len(head) + len(tail) == cap
+        assert reply["dropped"][name] == {"bytes": over, "limit": "MCPX_MAX_OUTPUT_BYTES", "limit_bytes": cap}
+    assert reply[name].endswith(expected[-60:])
+    return kept
+
+
+@pytest.mark.parametrize("size", [CAP - 1, CAP, CAP + 1, 3 * CAP])
+@pytest.mark.parametrize("name", ["stdout", "stderr"])
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_output_up_to_the_cap_is_kept_whole_and_past_it_loses_only_its_middle(
+    capped: httpx.Client, capped_session: str, size: int, name: str, writer: str
+):
+    reply, _ = run(capped, capped_session, python_printing(size, name, writer), streamed=False)
+    assert reply["error"] is None, reply["error"]
+    check_capture(capped, capped_session, reply, name, printed(size), CAP)
+
+
+@pytest.mark.parametrize("size", [CAP - 1, CAP, CAP + 1, 3 * CAP])
+@pytest.mark.parametrize("name", ["stdout", "stderr"])
+def test_a_streamed_execution_sends_the_same_output_as_it_saves(
+    capped: httpx.Client, capped_session: str, size: int, name: str
+):
+    reply, events = run(capped, capped_session, python_printing(size, name, "small writes"), streamed=True)
+    kept = check_capture(capped, capped_session, reply, name, printed(size), CAP)
+    streamed = "".join(event["text"] for event in json.loads(events) if event["stream"] == name)
+    assert streamed == kept
+
+
+@pytest.mark.parametrize("size", [CAP - 1, CAP + 1, 3 * CAP])
+@pytest.mark.parametrize("name", ["stdout", "stderr"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_typescript_output_is_captured_up_to_the_cap_and_keeps_its_end(
+    capped: httpx.Client, capped_session: str, size: int, name: str, streamed: bool
+):
+    code = TS_WRITE.format(size=size, name=name)
+    reply, events = run(capped, capped_session, code, streamed, language="typescript")
+    assert reply["error"] is None, reply["error"]
+    kept = check_capture(capped, capped_session, reply, name, printed(size), CAP)
+    if streamed:
+        assert "".join(event["text"] for event in json.loads(events) if event["stream"] == name) == kept
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_twenty_thousand_lines_under_the_default_cap_are_all_kept(
+    api: httpx.Client, new_session: SessionFactory, settings, streamed: bool
+):
+    # About 2 MB: the sandbox used to keep 1,198,372 bytes (the frame limit / 14) of the 4 MiB it documents.
+    session = new_session()
+    size = 20_000 * 100
+    reply, _ = run(api, session, python_printing(size, "stdout", "small writes"), streamed)
+    check_capture(api, session, reply, "stdout", printed(size), settings.max_output_bytes)
+    assert reply["dropped"] == {}
+
+
+@pytest.fixture
+def capture_class(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The sandbox supervisor's Capture, imported here (it is stdlib only) and forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "sandbox-image"))
+    try:
+        yield importlib.import_module("mcpx_runtime.supervisor").Capture
+    finally:
+        for module in [module for module in sys.modules if module.partition(".")[0] == "mcpx_runtime"]:
+            del sys.modules[module]
+
+
+def captured(capture: Any, pieces: list[bytes]) -> tuple[str, int, str]:
+    start = "".join(capture.add(piece) for piece in pieces)
+    rest, dropped, end = capture.finish()
+    return start + rest, dropped, end
+
+
+@pytest.mark.parametrize("over", [-1, 0, 1, 2, 3, 5, 3000])
+@pytest.mark.parametrize("piece", [1, 7, 64, 5000])
+def test_the_sandbox_keeps_the_start_and_the_end_of_a_stream_and_never_splits_a_character(
+    capture_class: Any, over: int, piece: int
+):
+    data = "".join(f"{i}é€😀" for i in range(400)).encode()
+    pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
+    limit = len(data) - over
+    start, dropped, end = captured(capture_class(limit), pieces)
+    if over <= 0:
+        assert (start, dropped, end) == (data.decode(), 0, "")
+        return
+    assert "\ufffd" not in start + end
+    assert data.startswith(start.encode()) and data.endswith(end.encode())
+    assert len(start.encode()) + dropped + len(end.encode()) == len(data)
+    assert over <= dropped <= over + 6
+    assert len(end.encode()) >= limit // 4 - 3
+
+
+TOOL_CALLS = 150
+CARRIED = ("stdout", "stderr", "result", "error", "tool_calls")
+
+
+@pytest.mark.parametrize("budget", [300, 1000])
+def test_many_tool_calls_and_a_long_error_message_fit_the_budget_and_are_counted(
+    api: httpx.Client, new_session: SessionFactory, budget: int
+):
+    session = new_session()
+    code = (
+        "from servers.time import get_current_time\n"
+        f"for _ in range({TOOL_CALLS}):\n"
+        "    get_current_time(timezone='UTC')\n"
+        "raise ValueError(' '.join(f'word{i}' for i in range(5000)))"
+    )
+    reply = execute(api, session, code, max_output_tokens=budget)
+    assert reply["error"]["message"].startswith("word0 word1 ")
+    returned = Tokens().count(json.dumps({key: reply[key] for key in CARRIED}, ensure_ascii=False))
+    assert returned == reply["tokens"]["returned"] <= budget
+    assert reply["tool_calls_omitted"] > 0
+    assert len(reply["tool_calls"]) + reply["tool_calls_omitted"] == TOOL_CALLS
+    assert reply["tokens"]["tool_results"] > 0
+    files = f"/v1/sessions/{session}/files/"
+    calls = api.get(files + reply["full_output"]["tool_calls"].removeprefix("/workspace/")).json()
+    assert len(calls) == TOOL_CALLS and calls[0] == reply["tool_calls"][0] and calls[-1] == reply["tool_calls"][-1]
+    message = api.get(files + reply["full_output"]["message"].removeprefix("/workspace/")).text
+    assert message == " ".join(f"word{i}" for i in range(5000))
+
+
+def test_output_that_json_escapes_several_times_over_still_fits_the_budget(
+    api: httpx.Client, new_session: SessionFactory
+):
+    # A control character is one token of text and several of JSON (\u0001): the budget is of the JSON.
+    reply = execute(api, new_session(), "print('\\x01' * 50_000)\n'done'", max_output_tokens=500)
+    assert reply["result"] == "done"
+    returned = Tokens().count(json.dumps({key: reply[key] for key in CARRIED}, ensure_ascii=False))
+    assert returned == reply["tokens"]["returned"] <= 500
+    assert "\x01" * 20 in reply["stdout"]

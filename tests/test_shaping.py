@@ -6,7 +6,7 @@ Budget slack. A cut always carries its marker (how much was cut, where the full 
 saved path, ~30 with one, at most 38 for the counts and paths used here (`floor`). Below that floor every strategy
 returns the marker alone, so a shaped text is within `max(budget, floor)` tokens, and an execution's output within the
 sum of that bound over its parts (`shares`). Above the floor there is no slack: none was observed over ~2,400 seeded
-random inputs, though head, marker and tail are re-tokenized together (for sample, once its BUG below is fixed).
+random inputs, though head, marker and tail are re-tokenized together.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ import pytest
 from inline_snapshot import snapshot
 
 from controller.shaping import (
+    CapturedStream,
     Strategy,
     Tokens,
     marker,
     sample,
+    shape_list,
     shape_of,
     shape_output,
     shape_text,
@@ -43,6 +45,9 @@ SAVED_AT = {
 }
 STRATEGIES: tuple[Strategy, ...] = ("truncate", "sample", "summarize")
 MARKER = re.compile(r"\[\.\.\. mcpx cut ([\d,]+) (tokens[^;\]]*?)(?:; full output: (\S+))? \.\.\.\]")
+DROPPED = re.compile(
+    r"\n\[mcpx: (\d+) more bytes of output were dropped\] \(over MCPX_MAX_OUTPUT_BYTES, [\d,]+ bytes a stream\)\n"
+)
 GAP = re.compile(r"\[\.\.\. ([\d,]+) lines \.\.\.\]")
 # Grapheme clusters that span several tokens: ZWJ family and flag emoji, CJK, stacked combining accents, RTL text.
 MULTIBYTE = (
@@ -174,11 +179,8 @@ def test_special_token_text_is_counted_as_plain_text(tokens: Tokens) -> None:
 
 
 def test_text_the_estimate_undercounts_is_still_cut_to_budget(tokens: Tokens) -> None:
-    # BUG (low severity, shaping.truncate/sample/summarize/shape_output): text over EXACT_CHARS is counted by
-    # `estimate`, and an estimate at or under budget is trusted: the text is returned whole and `cut` stays empty.
-    # Here every slice `estimate` reads (32 slices of 4,096 chars, evenly spaced) is blank while the text between
-    # them is dense: estimated ~2,000 tokens, really ~27,000. Fix: confirm an estimate that fits with an exact
-    # count (cheap: the text is then about `budget` tokens) in truncate, sample, summarize and shape_output.
+    # Every slice `estimate` reads (32 slices of 4,096 chars, evenly spaced) is blank while the text between them is
+    # dense: estimated ~2,000 tokens, really ~27,000. An estimate that fits is confirmed by an exact count.
     window = " " * 4096 + "word " * 821
     text = window * 32
     for strategy in ("truncate", "sample"):  # summarize samples text that is not JSON
@@ -279,10 +281,7 @@ def test_sample_of_fewer_than_three_lines_truncates(tokens: Tokens) -> None:
 @pytest.mark.parametrize("budget", [100, 200, 300, 500, 1000, 2000])
 @pytest.mark.parametrize("width", [0, 40])
 def test_sample_fits_the_budget_and_keeps_the_last_line(tokens: Tokens, floor: int, budget: int, width: int) -> None:
-    # BUG (shaping.sample): the `0.85 * budget` check counts neither the "[... N lines ...]" gaps nor the marker, so
-    # output runs up to ~1.6x over budget here (~2.9x on random text), and thinning with `chosen[::2]` drops the last
-    # line. Fix: check the rendered lines and gaps against `budget - tokens(marker)`, thin with
-    # `sorted({*chosen[::2], chosen[-1]})` down to two lines, and truncate when even the first and last do not fit.
+    # The gap lines and the marker count against the budget too, and thinning keeps the last line.
     lines = numbered_lines(5000, width)
     cut = sample(tokens, "\n".join(lines), budget, SAVED)
     assert tokens.count(cut.text) <= limit(budget, floor)
@@ -291,8 +290,7 @@ def test_sample_fits_the_budget_and_keeps_the_last_line(tokens: Tokens, floor: i
 
 @pytest.mark.parametrize("huge", [0, 1, 2])
 def test_sample_with_one_huge_line_still_fits_the_budget(tokens: Tokens, floor: int, huge: int) -> None:
-    # BUG (shaping.sample): the first line is always kept whole, so a long first line blows any budget (~14,000
-    # tokens returned for 100); the same fix covers it.
+    # A line too long for the budget is not kept whole: sample falls back to truncate.
     lines = ["start", "middle", "end"]
     lines[huge] = words(5000)
     cut = sample(tokens, "\n".join(lines), 100, SAVED)
@@ -373,9 +371,7 @@ def test_summarize_under_the_shape_size_returns_a_marked_string_within_budget(to
 
 
 def test_summarize_fallback_marker_states_the_tokens_cut_from_the_value(tokens: Tokens) -> None:
-    # BUG (shaping.summarize): the fallback truncates the shape's JSON text, so its marker counts the tokens cut
-    # from the shape (81) while the value lost ~20,000, and the returned text is a shape's first bytes and its note's
-    # last. Fix: truncate the value's own JSON text and return that cut's `cut_tokens`.
+    # When not even the shape fits, the value's own JSON text is truncated, and the marker counts what it lost.
     value = rows(500)
     shaped, cut = summarize(tokens, value, 40, SAVED)
     _, found, _ = split_marker(shaped)
@@ -390,10 +386,7 @@ def test_summarized_json_output_is_still_json(tokens: Tokens) -> None:
 
 
 def test_summarize_returns_json_text_that_fits_as_it_was_written(tokens: Tokens) -> None:
-    # BUG (shaping.shape_text): a JSON document is parsed and re-serialized before its size is checked, so text
-    # within budget comes back reformatted, and minified JSON that fits (1,162 tokens) is counted re-serialized
-    # (1,601) and summarized with a cut (1,377) larger than the whole text; read_file returns files this way.
-    # Fix: in shape_text, `total = tokens.estimate(text)`, return `Cut(text)` if it fits, else pass `total` on.
+    # JSON text is measured as written, not re-serialized: text that fits comes back as it was.
     for text in (json.dumps(rows(3), indent=2), json.dumps(rows(3), ensure_ascii=True), '{"a":1}'):
         assert shape_text(tokens, text, 1000, "summarize", SAVED) == shape_text(tokens, text, 1000, "truncate", SAVED)
     minified = json.dumps(rows(40), separators=(",", ":"))
@@ -414,8 +407,7 @@ def test_summarize_of_text_that_is_not_json_samples_lines(tokens: Tokens) -> Non
 
 
 def test_deeply_nested_json_looking_output_does_not_raise(tokens: Tokens, floor: int) -> None:
-    # BUG (shaping.parse_json): json.loads raises RecursionError, not ValueError, past ~1,000 levels of nesting.
-    # Fix: `except (ValueError, RecursionError)`.
+    # json.loads raises RecursionError, not ValueError, past ~1,000 levels of nesting.
     for text in ("[" * 100_000, "[" * 5_000 + "]" * 5_000):
         cut = shape_text(tokens, text, 100, "summarize", SAVED)
         assert tokens.count(cut.text) <= limit(100, floor)
@@ -585,3 +577,84 @@ def test_random_outputs_fit_their_shares_and_stay_json(tokens: Tokens, floor: in
         bound = sum(limit(allotted[name], floor) for name in sizes)
         total = sum(tokens.count_json(v) for v in returned.values() if v not in (None, ""))
         assert total <= bound, (case, budget, total)
+
+
+# Many tool calls and a long error message are within the budget too
+
+
+def tool_calls(count: int) -> list[dict[str, Any]]:
+    return [
+        {"server": "time", "tool": "get_current_time", "ok": True, "ms": 1.25 + i, "bytes": 90, "tokens": 30}
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 50, 1000])
+@pytest.mark.parametrize("budget", [0, 40, 300, 5000])
+def test_a_list_is_cut_to_its_first_and_last_items_within_budget(tokens: Tokens, count: int, budget: int) -> None:
+    items = tool_calls(count)
+    total = tokens.count_json(items)
+    kept, cut = shape_list(tokens, items, budget, total)
+    if total <= budget or not items:
+        assert (kept, cut) == (items, 0)
+        return
+    assert tokens.count_json(kept) <= max(budget, 1)
+    head = next((i for i, item in enumerate(kept) if item != items[i]), len(kept))
+    assert kept == items[:head] + items[len(items) - (len(kept) - head) :]
+    assert len(kept) - head <= head <= len(kept) - head + 1  # as many from the end as from the start
+    assert cut == total - tokens.count_json(kept) > 0
+
+
+@pytest.mark.parametrize("budget", [200, 1000])
+def test_tool_calls_and_the_error_message_share_the_budget_with_the_other_parts(tokens: Tokens, budget: int) -> None:
+    parts = {
+        "stdout": words(3000),
+        "result": None,
+        "traceback": "Traceback: ValueError: " + words(2000),
+        "message": words(2000),
+        "tool_calls": tool_calls(500),
+    }
+    shaped = shape_output(tokens, parts, budget, "truncate", SAVED_AT)
+    assert set(shaped.cut) == {"stdout", "traceback", "message", "tool_calls"}
+    carried = (shaped.stdout, shaped.traceback, shaped.message, shaped.tool_calls)
+    assert sum(tokens.count_json(part) for part in carried) <= budget
+    kept = shaped.tool_calls
+    assert kept[0] == parts["tool_calls"][0] and (len(kept) < 2 or kept[-1] == parts["tool_calls"][-1])
+    assert shaped.message.startswith(words(2000)[:20])
+
+
+def test_few_tool_calls_and_a_short_message_are_left_alone(tokens: Tokens) -> None:
+    parts = {"stdout": "ok", "message": "bad input", "tool_calls": tool_calls(3)}
+    shaped = shape_output(tokens, parts, 1000, "truncate", SAVED_AT)
+    assert (shaped.message, shaped.tool_calls, shaped.cut) == ("bad input", tool_calls(3), {})
+
+
+# Output as the sandbox sends it
+
+
+def test_a_captured_stream_marks_where_the_sandbox_dropped_bytes() -> None:
+    stream = CapturedStream(1000)
+    stream.add("a" * 750)
+    marker = stream.drop(4321)
+    stream.add("z" * 250)
+    assert (
+        marker
+        == "\n[mcpx: 4321 more bytes of output were dropped] (over MCPX_MAX_OUTPUT_BYTES, 1,000 bytes a stream)\n"
+    )
+    assert stream.text() == "a" * 750 + marker + "z" * 250
+    assert stream.dropped == 4321
+
+
+@pytest.mark.parametrize("extra", [1, 3, 5000])
+def test_a_captured_stream_keeps_no_more_than_its_limit_whatever_the_sandbox_sends(extra: int) -> None:
+    stream = CapturedStream(1000)
+    stream.add("é" * 1000)  # what a sandbox at its cap may send
+    for _ in range(extra):
+        stream.drop(1)
+    stream.add("x" * extra)
+    text = stream.text()
+    markers = DROPPED.findall(text)
+    assert sum(map(int, markers)) == stream.dropped >= extra
+    kept = DROPPED.sub("", text)
+    assert kept == "é" * 1000 + "x" * (2 * extra - stream.dropped)
+    assert len(text) <= 1000 + 256 + len(markers[-1]) + 80

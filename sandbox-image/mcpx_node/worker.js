@@ -20,7 +20,8 @@ const { LineReader } = require("./wire.js");
 
 const [CMD_FD, EVT_FD] = process.argv.slice(2).map(Number);
 const MAX_FRAME = Number(process.env.MCPX_MAX_FRAME || 16 * 1024 * 1024);
-const MAX_RESULT_CHARS = Number(process.env.MCPX_MAX_OUTPUT || 4 * 1024 * 1024);
+// A returned value travels in one frame (JSON may escape a character as six bytes), as in worker.py.
+const MAX_RESULT_CHARS = Math.min(Number(process.env.MCPX_MAX_OUTPUT || 4 * 1024 * 1024), Math.floor(MAX_FRAME / 14));
 const TOOLS = process.env.MCPX_TOOLS || "/tools";
 const RUNTIME = require.resolve("./runtime.js");
 

@@ -1,9 +1,9 @@
 """The sandbox's main process: the one bridge connection to the controller, and the keeper of the worker.
 
 It owns no user state. It relays `execute` to the worker, enforces the timeout (SIGINT, then SIGKILL of the
-worker's process group after a grace period), captures fd-level stdout/stderr, and restarts the worker whenever it
-dies, reporting `state_reset`. Workers call tools on connections of their own (tools.py, mcpx_node/runtime.js), so
-a call never waits for this process.
+worker's process group after a grace period), captures fd-level stdout/stderr (sent to the controller in `output`
+notifications ahead of the reply), and restarts the worker whenever it dies, reporting `state_reset`. Workers call
+tools on connections of their own (tools.py, mcpx_node/runtime.js), so a call never waits for this process.
 
 TypeScript executions run in a second worker, Node.js (`/opt/mcpx/node/worker.js`), started on the first of them
 and speaking the same pipe protocol: the same timeout, output capture, crash and OOM handling apply to both.
@@ -34,6 +34,11 @@ RECONNECT_EVERY_S = 0.1
 # The sandbox's end of life (Unix time), whatever happens to the controller; 0: none.
 EXPIRES_AT = float(os.environ.get("MCPX_EXPIRES_AT", "0"))
 READ_SIZE = 65536
+# Output goes to the controller in `output` notifications of at most this many characters (a frame stays small
+# whatever the cap); output that is not streamed is batched up to this size.
+CHUNK = 65536
+# Past the output cap this share of it is kept for the end of the stream.
+TAIL_SHARE = 4
 NODE = os.environ.get("MCPX_NODE", "/usr/bin/node")
 NODE_WORKER = os.environ.get("MCPX_NODE_WORKER", "/opt/mcpx/node/worker.js")
 # V8's own heap limit would end a greedy cell with an abort before the container's memory limit is reached; past
@@ -44,27 +49,43 @@ STOPS = {"timeout": ("TimeoutError", "time limit exceeded"), "interrupted": ("Ke
 
 
 class Capture:
-    """One stream of one execution: decoded incrementally (UTF-8 never split), capped at MAX_OUTPUT bytes."""
+    """One stream of one execution, capped at `limit` bytes. Past the cap the middle is dropped: the start (passed
+    on as it comes) and the last `limit // TAIL_SHARE` bytes (passed on at the end) are kept, so the real end of the
+    output, where errors and summaries are, survives. UTF-8 is decoded incrementally and never split at a cut."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_OUTPUT) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._parts: list[str] = []
-        self._size = 0
+        self._tail_room = limit // TAIL_SHARE
+        self._head_room = limit - self._tail_room
+        self._tail = bytearray()
         self.dropped = 0
 
     def add(self, data: bytes) -> str:
-        room = max(MAX_OUTPUT - self._size, 0)
-        self.dropped += max(len(data) - room, 0)
-        text = self._decoder.decode(data[:room])
-        self._size += min(len(data), room)
-        self._parts.append(text)
+        """Take what the stream wrote; return the text to pass on now (the start of the stream)."""
+        head = data[: self._head_room]
+        self._head_room -= len(head)
+        text = self._decoder.decode(head)
+        if len(head) < len(data):
+            # The start is full: a character it began and could not finish goes, whole, to the end.
+            pending = self._decoder.getstate()[0]
+            self._decoder.reset()
+            self._tail_room += len(pending)
+            self._tail += pending + data[len(head) :]
+            excess = len(self._tail) - self._tail_room
+            if excess > 0:
+                del self._tail[:excess]
+                self.dropped += excess
         return text
 
-    def text(self) -> str:
-        text = "".join(self._parts) + self._decoder.decode(b"", final=True)
-        if self.dropped:
-            text += f"\n[mcpx: {self.dropped} more bytes of output were dropped]\n"
-        return text
+    def finish(self) -> tuple[str, int, str]:
+        """What remains to pass on: the rest of the start, how many bytes were dropped after it, and the end."""
+        if not self.dropped:
+            return self._decoder.decode(bytes(self._tail), final=True), 0, ""
+        skip = 0  # the end starts with a whole character
+        while skip < min(3, len(self._tail)) and self._tail[skip] & 0xC0 == 0x80:
+            skip += 1
+        self.dropped += skip
+        return self._decoder.decode(b"", final=True), self.dropped, self._tail[skip:].decode(errors="replace")
 
 
 class Execution:
@@ -81,6 +102,8 @@ class Execution:
         self.kill_at: float | None = None
         self.stdout = Capture()
         self.stderr = Capture()
+        self.unsent: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.unsent_chars = {"stdout": 0, "stderr": 0}
 
 
 class Worker:
@@ -304,6 +327,7 @@ class Supervisor:
             return
         self._drain()
         execution, self.execution = self.execution, None
+        self._flush_output(execution)
         if execution.stop_reason is not None:
             error_type, message = STOPS[execution.stop_reason]
             traceback = (error or {}).get("traceback", "")
@@ -311,11 +335,10 @@ class Supervisor:
         kill_strays({1, os.getpid(), *(worker.pid for worker in (self.worker, self.node) if worker is not None)})
         if execution.orphaned:
             return
+        # stdout and stderr went ahead in `output` notifications, so this frame's size does not depend on them.
         self.reply(
             execution.request_id,
             {
-                "stdout": execution.stdout.text(),
-                "stderr": execution.stderr.text(),
                 "result": result,
                 "error": error,
                 "duration_ms": round((time.monotonic() - execution.started) * 1000, 3),
@@ -443,9 +466,35 @@ class Supervisor:
         self._capture(execution, name, data)
 
     def _capture(self, execution: Execution, name: str, data: bytes) -> None:
-        text = getattr(execution, name).add(data)
-        if execution.stream and text:
-            self.send({"method": "output", "params": {"id": execution.request_id, "stream": name, "text": text}})
+        self._pass_on(execution, name, getattr(execution, name).add(data))
+
+    def _pass_on(self, execution: Execution, name: str, text: str) -> None:
+        """Send output to the controller: at once when streamed, else in chunks of CHUNK characters."""
+        unsent = execution.unsent[name]
+        if text:
+            unsent.append(text)
+            execution.unsent_chars[name] += len(text)
+        if unsent and (execution.stream or execution.unsent_chars[name] >= CHUNK):
+            self._send_output(execution, name, "".join(unsent))
+            unsent.clear()
+            execution.unsent_chars[name] = 0
+
+    def _send_output(self, execution: Execution, name: str, text: str) -> None:
+        for start in range(0, len(text), CHUNK):
+            self._notify_output(execution, {"stream": name, "text": text[start : start + CHUNK]})
+
+    def _notify_output(self, execution: Execution, params: Message) -> None:
+        if not execution.orphaned:
+            self.send({"method": "output", "params": {"id": execution.request_id, **params}})
+
+    def _flush_output(self, execution: Execution) -> None:
+        """Send what is left of each stream: the rest of its start, how much was dropped, then its end."""
+        for name in ("stdout", "stderr"):
+            rest, dropped, end = getattr(execution, name).finish()
+            self._send_output(execution, name, "".join([*execution.unsent[name], rest]))
+            if dropped:
+                self._notify_output(execution, {"stream": name, "dropped": dropped})
+                self._send_output(execution, name, end)
 
     def _drain(self) -> None:
         """Collect (and stream) what the worker wrote before it reported, so no output moves to the next execution

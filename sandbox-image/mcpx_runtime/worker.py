@@ -28,8 +28,12 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Iterator
 
-# A returned value travels in one frame with the output; the controller shapes it to the token budget.
-MAX_RESULT_CHARS = int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024)))
+# A returned value travels in one frame (JSON may escape a character as six bytes); the controller shapes it to the
+# token budget. Output does not share that frame: it goes ahead in notifications of its own.
+MAX_RESULT_CHARS = min(
+    int(os.environ.get("MCPX_MAX_OUTPUT", str(4 * 1024 * 1024))),
+    int(os.environ.get("MCPX_MAX_FRAME", str(16 * 1024 * 1024))) // 14,
+)
 _cell_numbers = itertools.count(1)
 # The runtime's own frames (this loop, the tool-call plumbing) are none of the agent's business in a traceback.
 RUNTIME_DIR = os.path.dirname(__file__) + os.sep
