@@ -228,6 +228,7 @@ class DockerBackend:
         self._docker_host = docker_host
         self._client: docker.DockerClient | None = None
         self._info: Mapping[str, Any] | None = None  # `docker info`, read once: runtimes change only on a reload
+        self._versions: dict[str, str] | None = None
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
@@ -255,7 +256,9 @@ class DockerBackend:
         return set((await self.info()).get("Runtimes") or {})
 
     async def versions(self) -> dict[str, str]:
-        """Docker's, runc's and runsc's versions (runsc's only where its binary is on this host)."""
+        """Docker's, runc's and runsc's versions (runsc's only where its binary is on this host), read once."""
+        if self._versions is not None:
+            return self._versions
         info = await self.info()
         path = ((info.get("Runtimes") or {}).get("runsc") or {}).get("path")
         runsc = ""
@@ -263,7 +266,8 @@ class DockerBackend:
             with contextlib.suppress(OSError):
                 done = await anyio.run_process([path, "--version"], check=False)
                 runsc = versions.runsc_version(done.stdout.decode(errors="replace"))
-        return versions.components(info, runsc)
+        self._versions = versions.components(info, runsc)
+        return self._versions
 
     async def ready(self, image: str) -> bool:
         try:
