@@ -53,6 +53,7 @@ from controller.shaping import Strategy, Tokens
 from controller.stubgen import StubsUnwritable
 from controller.telemetry import Telemetry, TracingMiddleware
 from controller.tenants import Tenants, load_keys
+from controller.versions import missing_fixes
 
 logger = logging.getLogger(__name__)
 
@@ -410,7 +411,9 @@ def create_app(
     async def readyz() -> JSONResponse:
         servers = [asdict(status) for status in catalog.statuses()]
         if await manager.backend.ready(settings.image):
-            return JSONResponse({"status": "ready", "runtime": manager.runtime, "servers": servers})
+            components = await manager.backend.versions()
+            ready = {"status": "ready", "runtime": manager.runtime, "servers": servers, "versions": components}
+            return JSONResponse({**ready, "missing_fixes": missing_fixes(components)})
         detail = f"Docker is unreachable or the image {settings.image} is missing"
         return JSONResponse({"error": "not_ready", "detail": detail, "servers": servers}, status_code=503)
 

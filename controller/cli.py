@@ -33,6 +33,7 @@ from controller.client import (
     ResultEvent,
     ToolCallEvent,
 )
+from controller.versions import components, missing_fixes, runsc_version
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_IMAGE = "mcpx-sandbox:latest"
@@ -449,12 +450,13 @@ def docker_checks(image: str) -> list[Check]:
         checks.append(Check("gvisor", False, "runsc is not registered with Docker", "run `make host`"))
     else:
         flags = runsc.get("runtimeArgs") or []
-        missing = [flag for flag in ("--network=none", "--host-uds=open") if flag not in flags]
+        missing = [flag for flag in ("--network=none", "--host-uds=open", "--oci-seccomp") if flag not in flags]
         if missing:
             fix = "run `make host` (it merges the runtime into /etc/docker/daemon.json)"
             checks.append(Check("gvisor", False, f"runsc is registered without {' '.join(missing)}", fix))
         else:
             checks.append(Check("gvisor", True, f"runsc is registered ({runsc.get('path', 'runsc')})"))
+    checks.append(version_check(facts, (runsc or {}).get("path")))
     try:
         found = docker_command(["image", "inspect", "--format", "{{.Size}}", image])
     except subprocess.TimeoutExpired:
@@ -465,6 +467,22 @@ def docker_checks(image: str) -> list[Check]:
         size = int(found.stdout.strip() or 0)
         checks.append(Check("image", True, f"{image} is present ({size / 1e6:.0f} MB)"))
     return checks
+
+
+def version_check(facts: dict[str, Any], runsc_path: str | None) -> Check:
+    """Docker's, runc's and runsc's versions; fails when a component lacks a known security fix."""
+    runsc = ""
+    if runsc_path:
+        try:
+            runsc = runsc_version(subprocess.run([runsc_path, "--version"], capture_output=True, text=True).stdout)
+        except OSError:
+            runsc = ""
+    found = components(facts, runsc)
+    detail = ", ".join(f"{name} {version or '(unknown)'}" for name, version in found.items())
+    missing = missing_fixes(found)
+    if missing:
+        return Check("versions", False, f"{detail}; {'; '.join(missing)}", "upgrade runc: `make host`")
+    return Check("versions", True, detail)
 
 
 async def server_checks(args: argparse.Namespace) -> list[Check]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +22,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount, Ulimit
 
+from controller import seccomp, versions
 from controller.errors import GVisorRequired, HardeningViolation, RuntimeUnavailable, SandboxError
 
 SANDBOX_USER = "65532:65532"
@@ -35,9 +36,11 @@ LABEL_SESSION = "mcpx.session"
 LABEL_CONTROLLER = "mcpx.controller"
 LABEL_CREATED = "mcpx.created"
 LABEL_EXPIRES = "mcpx.expires"  # Unix time: any reaper may remove the sandbox after it
-# A sandbox whose last process is dying (an OOM kill under gVisor) is a zombie the engine cannot kill for a moment:
-# removal fails with a 500 until containerd reaps it. It is tried again, with backoff, for this long.
-REMOVE_RETRY_S = 10.0
+# Files and directories /tmp may hold, per MiB of its size (one per 4 KiB on average): without a cap, empty files
+# cost no size at all and only kernel memory bounds their number.
+TMP_INODES_PER_MB = 256
+# What makes runsc enforce the container's seccomp profile inside the sandbox (by default it ignores it).
+RUNSC_SECCOMP_FLAG = "--oci-seccomp"
 
 T = TypeVar("T")
 
@@ -60,10 +63,17 @@ class SandboxSpec:
     expires: float = 0.0
     tools_dir: Path | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
+    generation: int = 0  # the session's restarts: an old sandbox whose removal is deferred keeps its name
 
     @property
     def name(self) -> str:
-        return f"mcpx-{self.controller_id}-{self.session_id}"
+        base = f"mcpx-{self.controller_id}-{self.session_id}"
+        return f"{base}-{self.generation}" if self.generation else base
+
+    @property
+    def tmp_options(self) -> str:
+        inodes = self.tmp_size_mb * TMP_INODES_PER_MB
+        return f"rw,nosuid,nodev,size={self.tmp_size_mb}m,nr_inodes={inodes},mode=1777"
 
     @property
     def labels(self) -> dict[str, str]:
@@ -121,6 +131,8 @@ class SandboxBackend(Protocol):
 
     async def ready(self, image: str) -> bool: ...
 
+    async def versions(self) -> dict[str, str]: ...
+
 
 def container_kwargs(spec: SandboxSpec) -> dict[str, Any]:
     """The Docker `containers.create` arguments of a hardened sandbox (DESIGN.md section 3)."""
@@ -134,14 +146,14 @@ def container_kwargs(spec: SandboxSpec) -> dict[str, Any]:
         "runtime": spec.runtime,
         "network_mode": "none",
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size_mb}m,mode=1777"},
+        "tmpfs": {"/tmp": spec.tmp_options},
         "mounts": [
             Mount(target=target, source=source, type="bind", read_only=read_only)
             for target, (source, read_only) in spec.binds.items()
         ],
         "user": SANDBOX_USER,
         "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
+        "security_opt": ["no-new-privileges", seccomp.security_option(gvisor)],
         "pids_limit": GVISOR_PIDS_BACKSTOP if gvisor else spec.pids_limit,
         "ulimits": [Ulimit(name="nproc", soft=spec.pids_limit, hard=spec.pids_limit)] if gvisor else [],
         "mem_limit": memory,
@@ -174,6 +186,7 @@ def hardening_violations(attrs: Mapping[str, Any], spec: SandboxSpec) -> list[st
         (not host.get("Privileged"), "container is privileged"),
         (any(o.startswith("no-new-privileges") for o in security), "no-new-privileges is not set"),
         (not any("unconfined" in o for o in security), "a security profile is unconfined"),
+        (_seccomp_profiles(host) == [seccomp.profile(gvisor)], "the seccomp profile is not mcpx's"),
         (config.get("User") == SANDBOX_USER, f"user is not {SANDBOX_USER}"),
         (host.get("Memory") == memory, "memory limit is missing"),
         (host.get("MemorySwap") == memory, "swap is not disabled"),
@@ -181,11 +194,31 @@ def hardening_violations(attrs: Mapping[str, Any], spec: SandboxSpec) -> list[st
         (host.get("PidsLimit") == (GVISOR_PIDS_BACKSTOP if gvisor else spec.pids_limit), "pids limit is missing"),
         (not gvisor or ulimits.get("nproc") == (spec.pids_limit, spec.pids_limit), "nproc ulimit is missing"),
         (host.get("Init") is True, "no init process"),
-        ("/tmp" in (host.get("Tmpfs") or {}), "/tmp is not a tmpfs"),
+        ((host.get("Tmpfs") or {}).get("/tmp") == spec.tmp_options, "/tmp is not a tmpfs with size and inode caps"),
         (mounts == expected_mounts and not host.get("Binds"), "mounts differ from the spec"),
         (not host.get("Devices") and host.get("PidMode") in ("", None), "host devices or pid namespace are shared"),
     ]
     return [problem for ok, problem in checks if not ok]
+
+
+def _seccomp_profiles(host: Mapping[str, Any]) -> list[object]:
+    """The inline seccomp profiles among a container's security options (Docker keeps them as sent)."""
+    profiles: list[object] = []
+    for option in host.get("SecurityOpt") or []:
+        if option.startswith("seccomp=") or option.startswith("seccomp:"):
+            try:
+                profiles.append(json.loads(option[len("seccomp=") :]))
+            except ValueError:
+                profiles.append(option)
+    return profiles
+
+
+def engine_violations(info: Mapping[str, Any], runtime: str) -> list[str]:
+    """What the engine's registration of `runtime` lacks for the sandbox's hardening to hold (`docker info`)."""
+    registered: Mapping[str, Any] = (info.get("Runtimes") or {}).get(runtime) or {}
+    if runtime == "runsc" and RUNSC_SECCOMP_FLAG not in (registered.get("runtimeArgs") or []):
+        return [f"runsc is registered without {RUNSC_SECCOMP_FLAG}: the seccomp profile would not be enforced"]
+    return []
 
 
 class DockerBackend:
@@ -194,6 +227,8 @@ class DockerBackend:
     def __init__(self, docker_host: str | None = None) -> None:
         self._docker_host = docker_host
         self._client: docker.DockerClient | None = None
+        self._info: Mapping[str, Any] | None = None  # `docker info`, read once: runtimes change only on a reload
+        self._versions: dict[str, str] | None = None
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
@@ -211,10 +246,28 @@ class DockerBackend:
                 self._client = await self._call(docker.from_env)
         return self._client
 
+    async def info(self) -> Mapping[str, Any]:
+        if self._info is None:
+            client = await self.client()
+            self._info = await self._call(client.info)
+        return self._info
+
     async def runtimes(self) -> set[str]:
-        client = await self.client()
-        info = await self._call(client.info)
-        return set(info.get("Runtimes") or {})
+        return set((await self.info()).get("Runtimes") or {})
+
+    async def versions(self) -> dict[str, str]:
+        """Docker's, runc's and runsc's versions (runsc's only where its binary is on this host), read once."""
+        if self._versions is not None:
+            return self._versions
+        info = await self.info()
+        path = ((info.get("Runtimes") or {}).get("runsc") or {}).get("path")
+        runsc = ""
+        if path:
+            with contextlib.suppress(OSError):
+                done = await anyio.run_process([path, "--version"], check=False)
+                runsc = versions.runsc_version(done.stdout.decode(errors="replace"))
+        self._versions = versions.components(info, runsc)
+        return self._versions
 
     async def ready(self, image: str) -> bool:
         try:
@@ -232,6 +285,9 @@ class DockerBackend:
             HardeningViolation: the created container lacks a flag (it is removed first).
             RuntimeUnavailable: Docker failed or the image is missing.
         """
+        engine = engine_violations(await self.info(), spec.runtime)
+        if engine:
+            raise HardeningViolation(engine, session_id=spec.session_id)
         client = await self.client()
         container: Container = await self._call(client.containers.create, **container_kwargs(spec))
         try:
@@ -263,28 +319,22 @@ class DockerBackend:
         return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
     async def remove(self, container_id: str) -> None:
-        """Remove a sandbox, running or not; one already gone (or being removed) is not an error.
+        """Remove a sandbox, running or not, in one attempt; one already gone (or being removed) is not an error.
 
         Raises:
-            SandboxError: the engine refused, or still failed after REMOVE_RETRY_S.
+            SandboxError: the engine refused (a zombie it cannot kill yet, a layer it cannot delete) or is away;
+                the caller tries again later.
         """
-        client = await self.client()
-        deadline, pause = time.monotonic() + REMOVE_RETRY_S, 0.05
-        while True:
-            try:
-                await self._call(client.api.remove_container, container_id, force=True, v=True)
+        try:
+            client = await self.client()
+            await self._call(client.api.remove_container, container_id, force=True, v=True)
+        except RuntimeUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, docker.errors.NotFound):
                 return
-            except RuntimeUnavailable as exc:
-                cause = exc.__cause__
-                if isinstance(cause, docker.errors.NotFound):
-                    return
-                status = cause.status_code if isinstance(cause, docker.errors.APIError) else None
-                if status == 409:
-                    return  # removal already in progress
-                if status != 500 or time.monotonic() + pause > deadline:
-                    raise SandboxError(f"cannot remove sandbox {container_id}: {exc}") from exc
-            await anyio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            if isinstance(cause, docker.errors.APIError) and cause.status_code == 409:
+                return  # removal already in progress
+            raise SandboxError(f"cannot remove sandbox {container_id}: {exc}") from exc
 
     async def owned(self, controller_id: str) -> list[OwnedSandbox]:
         """Every sandbox labelled as this controller's, running or not."""

@@ -313,7 +313,9 @@ class SessionManager:
         self._keeper: asyncio.Task[None] | None = None
         self._ooms: collections.Counter[str] = collections.Counter()  # OOM kills the engine reported, by container
         self._stop_watching: Callable[[], None] | None = None
+        self._deferred: dict[str, str] = {}  # sandboxes the engine would not remove yet -> their session; reaped later
         telemetry.gauge("mcpx.sessions.active", "Sessions open now", lambda: len(self.sessions))
+        telemetry.gauge("mcpx.sandbox.removals_pending", "Sandboxes left to remove later", lambda: len(self._deferred))
         telemetry.gauge("mcpx.pool.size", "Warm sandboxes ready to be claimed", lambda: len(self.pool))
 
     @property
@@ -359,7 +361,9 @@ class SessionManager:
     async def _recover(self) -> None:
         """Every sandbox labelled as this controller's ends up re-adopted (its session usable again, its state
         intact) or removed, with its workspace; nothing is left unaccounted for."""
-        owned = {sandbox.session_id: sandbox for sandbox in await self.backend.owned(self.settings.controller_id)}
+        every = await self.backend.owned(self.settings.controller_id)
+        # A session may have two: a new one and an old one whose removal was deferred; the running one is adopted.
+        owned = {sandbox.session_id: sandbox for sandbox in sorted(every, key=lambda sandbox: sandbox.running)}
         now = time.time()
         for directory in sorted(self.sessions_dir.iterdir()):
             record = read_record(directory)
@@ -374,8 +378,10 @@ class SessionManager:
                 and await self._adopt(record)
             ):
                 del owned[record.id]
-        for sandbox in owned.values():
-            await self.backend.remove(sandbox.container_id)
+        adopted_sandboxes = {session.container_id for session in self.sessions.values()}
+        leftovers = [sandbox for sandbox in every if sandbox.container_id not in adopted_sandboxes]
+        for sandbox in leftovers:
+            await self._remove(sandbox.container_id, sandbox.session_id)
         adopted = {session.directory for session in self.sessions.values()}
         for directory in self.sessions_dir.iterdir():
             if directory not in adopted:
@@ -385,8 +391,8 @@ class SessionManager:
         for tree in self.stubs_dir.iterdir():
             if tree not in in_use:
                 shutil.rmtree(tree, ignore_errors=True)
-        if owned or self.sessions:
-            logger.info("re-adopted %d sessions, removed %d sandboxes", len(self.sessions), len(owned))
+        if leftovers or self.sessions:
+            logger.info("re-adopted %d sessions, removed %d sandboxes", len(self.sessions), len(leftovers))
 
     async def _adopt(self, record: SessionRecord) -> bool:
         """Listen on the session's socket again and wait for its sandbox to reconnect."""
@@ -430,6 +436,7 @@ class SessionManager:
             *(self.delete(session_id, "shutdown") for session_id in list(self.sessions)),
             *(self._destroy(session) for session in pooled),
         )
+        await self._retry_removals()
         await self.ledger.close()
 
     def get(self, session_id: str, tenant: str) -> Session:
@@ -601,7 +608,7 @@ class SessionManager:
         """Free everything a session holds on the host; what is already gone is fine."""
         try:
             if session.container_id is not None:
-                await self._remove(session.container_id)
+                await self._remove(session.container_id, session.id)
         finally:
             await session.bridge.close()
             await self.workspaces.remove(session.workspace_dir)
@@ -878,17 +885,31 @@ class SessionManager:
         session.restarts += 1
         await session.bridge.disconnect()
         if session.container_id is not None:
-            await self._remove(session.container_id)
+            await self._remove(session.container_id, session.id)
             session.container_id = None
         await self._boot(session)
         self._persist(session)
 
-    async def _remove(self, container_id: str) -> None:
-        """Remove a session's sandbox, and forget the OOM kills counted in it."""
+    async def _remove(self, container_id: str, session_id: str) -> None:
+        """Remove a session's sandbox, and forget the OOM kills counted in it. A sandbox the engine cannot remove
+        now (a zombie it cannot kill yet, a layer it cannot delete) never fails the caller: the session is gone, or
+        restarts in a new sandbox, all the same, and the reaper tries the removal again."""
+        self._ooms.pop(container_id, None)
         try:
             await self.backend.remove(container_id)
-        finally:
-            self._ooms.pop(container_id, None)
+        except SandboxError as exc:
+            logger.warning("removal of sandbox %s deferred: %s", container_id, exc)
+            self._deferred[container_id] = session_id
+            self.telemetry.removal_deferred()
+            self.audit.record("sandbox.removal_deferred", session=session_id, container=container_id, reason=str(exc))
+
+    async def _retry_removals(self) -> None:
+        """Try again every removal the engine refused; a second refusal waits for the next round."""
+        for container_id, session_id in list(self._deferred.items()):
+            with contextlib.suppress(SandboxError):
+                await self.backend.remove(container_id)
+                del self._deferred[container_id]
+                self.audit.record("sandbox.removed_late", session=session_id, container=container_id)
 
     async def _boot(self, session: Session) -> None:
         """Start a container for the session and wait until its runtime connects to the socket."""
@@ -906,6 +927,7 @@ class SessionManager:
             tools_dir=session.tools_dir,
             created=session.created_at,
             expires=session.expires_at,
+            generation=session.restarts,
             environment={**self._runtime_environment(), "MCPX_EXPIRES_AT": str(session.expires_at)},
         )
         session.container_id = await self.backend.start(spec)
@@ -1030,6 +1052,7 @@ class SessionManager:
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reap_interval_s)
+            await self._retry_removals()
             now, wall = time.monotonic(), time.time()
             expired = [session for session in self.pool if wall >= session.expires_at]
             if expired:

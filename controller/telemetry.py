@@ -158,6 +158,9 @@ class Telemetry:
         )
         self._refusals = meter.create_counter("mcpx.policy.refusals", "{refusal}", "Policy refusals, by kind")
         self._anomalies = meter.create_counter("mcpx.anomalies", "{anomaly}", "Anomalies detected, by kind")
+        self._removals_deferred = meter.create_counter(
+            "mcpx.sandbox.removals_deferred", "{sandbox}", "Sandbox removals the engine refused, left to the reaper"
+        )
 
     def gauge(self, name: str, description: str, read: Callable[[], int]) -> None:
         """An observable gauge that calls `read` at each collection."""
@@ -237,6 +240,9 @@ class Telemetry:
 
     def anomaly(self, kind: str) -> None:
         self._anomalies.add(1, {"kind": kind})
+
+    def removal_deferred(self) -> None:
+        self._removals_deferred.add(1)
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in Prometheus' text format, and its content type."""

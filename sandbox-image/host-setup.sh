@@ -36,10 +36,24 @@ runsc_wanted() {
 
 # --network=none: runsc's netstack does not start on this kind of host.
 # --host-uds=open: lets the sandbox connect() to the controller's host Unix socket.
+# --oci-seccomp: enforce the container's seccomp profile inside the sandbox (runsc ignores it otherwise). Docker's
+#   default profile then breaks threads under gVisor (its clone3 rule); mcpx's own profile allows clone3 there.
 runsc_json() {
     local platform=
     if runsc_systrap; then platform=', "--platform=systrap"'; fi
-    printf '{"path": "%s", "runtimeArgs": ["--network=none", "--host-uds=open"%s]}' "$(command -v runsc)" "$platform"
+    printf '{"path": "%s", "runtimeArgs": ["--network=none", "--host-uds=open", "--oci-seccomp"%s]}' \
+        "$(command -v runsc)" "$platform"
+}
+
+# runc before 1.1.12 leaks a host directory fd into the container (CVE-2024-21626), unless the distribution
+# patched it: Debian 12's 1.1.5+ds1-1+deb12u1 (bookworm-security) and later revisions carry the fix.
+RUNC_FIXED=1.1.12
+runc_fixed() {
+    local out version
+    out=$(runc --version 2>/dev/null) || return 1
+    grep -q '^commit: 1\.1\.5+ds1-1+deb12u[1-9]' <<<"$out" && return 0
+    version=$(sed -n 's/^runc version \([0-9][0-9.]*\).*/\1/p' <<<"$out")
+    [ -n "$version" ] && [ "$(printf '%s\n' "$RUNC_FIXED" "$version" | sort -V | head -n 1)" = "$RUNC_FIXED" ]
 }
 
 # Two clients may be installed: apt's /usr/bin/docker (20.10) and a newer one in
@@ -59,6 +73,7 @@ runsc_registered() {
     local registered
     registered=$("$DOCKER" info --format '{{json .Runtimes.runsc}}' 2>/dev/null) || return 1
     grep -q -- '--host-uds=open' <<<"$registered" || return 1
+    grep -q -- '--oci-seccomp' <<<"$registered" || return 1
     ! runsc_systrap || grep -q -- '--platform=systrap' <<<"$registered"
 }
 
@@ -74,7 +89,7 @@ EOF
 }
 
 # Fast path: everything already in place -> nothing to do (keeps `make test` cheap).
-if command -v dockerd >/dev/null && runsc_wanted && command -v debootstrap >/dev/null \
+if command -v dockerd >/dev/null && runsc_wanted && command -v debootstrap >/dev/null && runc_fixed \
     && daemon_json_ok && pick_client && runsc_registered; then
     log "ready (client: $DOCKER, runtimes include runsc$(runsc_systrap && echo " on systrap"))"
     exit 0
@@ -102,6 +117,14 @@ if ! command -v dockerd >/dev/null || ! runsc_wanted \
     else
         apt-get install -y -q runsc
     fi
+fi
+# A vulnerable runc is upgraded to the newest packaged one (security updates included). containerd's shim runs the
+# runc binary anew for each container operation: new containers use the new one at once, no dockerd restart.
+if ! runc_fixed; then
+    log "runc lacks the fix for CVE-2024-21626 ($(runc --version 2>/dev/null | head -n 1)); upgrading"
+    apt-get update -q
+    apt-get install -y -q --only-upgrade runc
+    runc_fixed || log "WARNING: no packaged runc has the fix for CVE-2024-21626; install runc >= $RUNC_FIXED"
 fi
 
 # 2. Register runsc by merging into daemon.json: other keys (storage driver,
