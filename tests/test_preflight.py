@@ -182,3 +182,17 @@ def test_every_response_carries_the_manifest(api: httpx.Client, new_session: Ses
     reply = execute(api, new_session(servers=["time"]), "from servers.time import get_current_time\n1")
     assert reply["result"] == 1
     assert [(r["server"], r["tool"]) for r in reply["manifest"]] == [("time", "get_current_time")]
+
+
+@pytest.mark.docker
+def test_the_readme_s_agent_view_is_refused_then_runs_once_fixed(api: httpx.Client, new_session: SessionFactory):
+    session = new_session(servers=["crm"])
+    hits = api.get("/v1/tools/search", params={"q": "attach a note to an account"}).json()
+    assert hits[0]["import"] == "servers.crm.add_note"
+    assert hits[0]["signature"].startswith("add_note(record_id: str, text: str)")
+    wrong = execute(api, session, 'from servers.crm import add_note\nadd_note(record_id="ACC-0001", txt="called")')
+    assert wrong["error"]["kind"] == "preflight"
+    assert [finding["kind"] for finding in wrong["preflight"]] == ["unknown_argument", "missing_argument"]
+    assert "line 2: crm.add_note has no parameter `txt`. Did you mean `text`?" in wrong["error"]["message"]
+    fixed = execute(api, session, 'from servers.crm import add_note\nadd_note(record_id="ACC-0001", text="called")')
+    assert fixed["error"] is None and len(fixed["tool_calls"]) == 1
