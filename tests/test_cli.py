@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -358,3 +359,19 @@ def test_serve_refuses_an_invalid_config_with_exit_2(tmp_path: Path, capsys: pyt
     config.write_text('{"mcpServers": {"bad": {}}}')
     code, _, err = run(capsys, "serve", "--config", str(config))
     assert code == 2 and "bad" in err
+
+
+# make help
+
+
+def test_make_help_lists_every_documented_target_with_its_variables_expanded() -> None:
+    documented = re.findall(r"^([^\s:#=$]+):[^\n]*## ", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert {"k8s-validate", "run", "help"} <= set(documented)
+    done = subprocess.run(
+        ["make", "-s", "--no-print-directory", "help", "HOST=10.1.2.3", "PORT=9999", "OVERLAY=prod"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+    assert [line.split()[0] for line in text.splitlines()] == documented
+    assert "$(" not in text
+    assert "Serve the API on 10.1.2.3:9999" in text and "k8s/overlays/prod" in text
