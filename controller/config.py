@@ -199,6 +199,10 @@ class Settings(BaseSettings):
     """Address the HTTP API binds to."""
     port: int = 8080
     """Port of the HTTP API."""
+    http_keepalive_s: int = Field(default=75, ge=1)
+    """How long an idle HTTP connection stays open for its next request, and a request's head may take to arrive;
+    longer than clients keep idle connections (httpx 5 s, aiohttp 15 s, load balancers 60 s), so that none sends a
+    request on a connection the server is closing."""
     controller_id: ReplicaName = "mcpx"
     """This replica's name: in every sandbox's `mcpx.controller` label (containers with it are this controller's, and
     only those are reaped) and in every session id it makes (`<name>.<16 hex digits>`). Unique per replica: in a
