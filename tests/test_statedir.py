@@ -28,6 +28,13 @@ def state() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture
+def time_config(tmp_path: Path) -> Path:
+    path = tmp_path / "time.json"
+    path.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
+    return path
+
+
 def test_a_second_lock_on_a_state_dir_names_the_holder_until_it_is_released(tmp_path: Path) -> None:
     first = StateLock(tmp_path / "state", "first", "127.0.0.1", 8080)
     first.acquire()
@@ -43,16 +50,16 @@ def test_a_second_lock_on_a_state_dir_names_the_holder_until_it_is_released(tmp_
 
 
 @pytest.mark.docker
-def test_a_second_controller_on_the_same_state_dir_exits_at_once_naming_the_holder(tmp_path: Path, state: Path) -> None:
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
+def test_a_second_controller_on_the_same_state_dir_exits_at_once_naming_the_holder(
+    tmp_path: Path, state: Path, time_config: Path
+) -> None:
     with Serve(tmp_path, state, f"lock{os.getpid()}") as first, httpx.Client(base_url=first.url, timeout=120) as api:
         created = api.post("/v1/sessions", json={"runtime": "runc"})
         assert created.status_code == 201, created.text
         session = created.json()["id"]
         execute(api, session, "kept = 'still here'")
         trees = sorted(path.name for path in (state / "stubs").iterdir())
-        second = Serve(tmp_path, state, f"lock{os.getpid()}", "--config", str(other))
+        second = Serve(tmp_path, state, f"lock{os.getpid()}", "--config", str(time_config))
         try:
             assert second.start().wait(timeout=60) == 2
         finally:
@@ -72,15 +79,13 @@ def test_a_second_controller_on_the_same_state_dir_exits_at_once_naming_the_hold
 
 @pytest.mark.docker
 def test_an_in_process_controller_on_a_held_state_dir_does_not_start_and_touches_nothing(
-    tmp_path: Path, state: Path
+    state: Path, time_config: Path
 ) -> None:
-    servers_file = tmp_path / "time.json"
-    servers_file.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
-    settings = make_settings(state, servers_file=servers_file, controller_id=f"held{os.getpid()}")
+    settings = make_settings(state, servers_file=time_config, controller_id=f"held{os.getpid()}")
     with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=120) as api:
         session = api.post("/v1/sessions", json={"runtime": "runc", "servers": ["time"]}).json()["id"]
         trees = sorted((state / "stubs").iterdir())
-        intruder = create_app(make_settings(state, servers_file=servers_file, controller_id="intruder"))
+        intruder = create_app(make_settings(state, servers_file=time_config, controller_id="intruder"))
 
         async def start_up() -> None:
             async with intruder.router.lifespan_context(intruder):
@@ -95,13 +100,11 @@ def test_an_in_process_controller_on_a_held_state_dir_does_not_start_and_touches
 
 @pytest.mark.docker
 def test_a_removed_stub_tree_is_written_again_and_no_warm_sandbox_mounting_it_is_handed_out(
-    tmp_path: Path, state: Path
+    tmp_path: Path, state: Path, time_config: Path
 ) -> None:
-    config = tmp_path / "time.json"
-    config.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
     call = "from servers.time import get_current_time\nget_current_time(timezone='UTC')['timezone']"
     with (
-        Serve(tmp_path, state, f"stubs{os.getpid()}", "--config", str(config), warm_pool_size="1") as served,
+        Serve(tmp_path, state, f"stubs{os.getpid()}", "--config", str(time_config), warm_pool_size="1") as served,
         httpx.Client(base_url=served.url, timeout=120) as api,
     ):
 
