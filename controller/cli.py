@@ -34,6 +34,7 @@ from controller.client import (
     ResultEvent,
     ToolCallEvent,
 )
+from controller.errors import ConfigError
 
 if TYPE_CHECKING:
     from controller.config import Settings
@@ -51,7 +52,6 @@ def serve(args: argparse.Namespace) -> int:
     from controller import serving
     from controller.api import create_app
     from controller.config import Settings
-    from controller.errors import ConfigError
 
     given = (("host", args.host), ("port", args.port), ("servers_file", args.config))
     settings = Settings(**{key: value for key, value in given if value is not None})
@@ -91,8 +91,6 @@ def local_key(settings: Settings) -> Path:
     Raises:
         ConfigError: an API keys file is configured already, or the key file is readable by others.
     """
-    from controller.errors import ConfigError
-
     if settings.api_keys_file is not None:
         raise ConfigError("--generate-key writes its own keys file: unset MCPX_API_KEYS_FILE, or leave out the flag")
     path = settings.state_dir / KEY_FILE
