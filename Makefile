@@ -26,8 +26,13 @@ TYPESCRIPT ?= 1
 
 .PHONY: help setup venv host image test-servers run test test-security bench bench-tokens bench-load bench-search lint k8s-validate deploy clean
 
+# The make variables a `## comment` may name, shown with their values.
+HELP_VARIABLES := HOST PORT IMAGE OVERLAY RUNTIME
+
 help: ## Show the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "; split("$(foreach v,$(HELP_VARIABLES),$(v)=$($(v)))", pairs, " ")} \
+	/^[A-Za-z0-9_-]+:.*## / { text = $$2; for (i in pairs) { split(pairs[i], kv, "="); gsub("\\$$\\(" kv[1] "\\)", kv[2], text) } \
+	printf "  \033[1m%-13s\033[0m %s\n", $$1, text }' $(MAKEFILE_LIST)
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

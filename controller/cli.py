@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import BaseModel
 
@@ -33,40 +34,77 @@ from controller.client import (
     ResultEvent,
     ToolCallEvent,
 )
+from controller.errors import ConfigError
 from controller.versions import components, missing_fixes, runsc_version
 
+if TYPE_CHECKING:
+    from controller.config import Settings
+
+logger = logging.getLogger(__name__)
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_IMAGE = "mcpx-sandbox:latest"
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "sandbox-image" / "build.sh"
 OK, CODE_FAILED, USAGE, HTTP_FAILED = 0, 1, 2, 3
+KEY_FILE = "api-key"  # in the state dir: the key `mcpx serve --generate-key` made
 
 
 def serve(args: argparse.Namespace) -> int:
     # Imported here: the API pulls in FastAPI, Docker and the MCP SDK, which the client commands do not need.
-    import uvicorn
-
+    from controller import serving
     from controller.api import create_app
     from controller.config import Settings
-    from controller.errors import ConfigError
 
     given = (("host", args.host), ("port", args.port), ("servers_file", args.config))
     settings = Settings(**{key: value for key, value in given if value is not None})
     try:
+        if args.generate_key:
+            settings = settings.model_copy(update={"api_keys_file": local_key(settings)})
         app = create_app(settings)
+        # Taken before anything starts: a second controller on this state dir stops here, having touched nothing.
+        app.state.manager.state_lock.acquire()
     except ConfigError as exc:
         print(f"mcpx: {exc}", file=sys.stderr)
-        return 2
-    print(f"mcpx: serving on http://{settings.host}:{settings.port}", file=sys.stderr)
+        return USAGE
     logs: dict[str, Any] = {}
     if settings.log_format == "json":
         from controller.telemetry import log_json
 
         log_json()
         logs["log_config"] = None  # uvicorn's records go to the root logger's JSON handler
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=30, **logs
-    )
-    return 0
+    if args.generate_key:
+        print(f"mcpx: API keys are required; tenant `local` has the one in {settings.api_keys_file}", file=sys.stderr)
+    elif not app.state.tenants.enabled:
+        logger.warning(
+            "no API keys: any local process can use every session (its code, files and tools) through "
+            "http://%s:%d; require keys with MCPX_API_KEYS or `mcpx serve --generate-key`",
+            settings.host,
+            settings.port,
+        )
+    print(f"mcpx: serving on http://{settings.host}:{settings.port}", file=sys.stderr)
+    started = serving.serve(serving.server_config(app, settings, log_level=args.log_level, **logs))
+    return OK if started else CODE_FAILED
+
+
+def local_key(settings: Settings) -> Path:
+    """The state dir's generated API key file (`local:<key>`): created with a random key, readable by its owner
+    only, when missing; kept across restarts, so clients keep their key.
+
+    Raises:
+        ConfigError: an API keys file is configured already, or the key file is readable by others.
+    """
+    if settings.api_keys_file is not None:
+        raise ConfigError("--generate-key writes its own keys file: unset MCPX_API_KEYS_FILE, or leave out the flag")
+    path = settings.state_dir / KEY_FILE
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path} is readable by others: `chmod 600` it, or remove it for a new key") from None
+        return path
+    with os.fdopen(fd, "w") as file:
+        file.write(f"local:{secrets.token_urlsafe(32)}\n")
+    return path
 
 
 # Output
@@ -562,6 +600,11 @@ def parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, help="port to bind (default: MCPX_PORT or 8080)")
     serve_parser.add_argument("--config", type=Path, help="mcpServers JSON file (default: the built-in demo servers)")
     serve_parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve_parser.add_argument(
+        "--generate-key",
+        action="store_true",
+        help=f"require an API key: tenant `local`'s, made once into STATE_DIR/{KEY_FILE} (mode 0600)",
+    )
     serve_parser.set_defaults(handler=serve)
 
     exec_parser = commands.add_parser(

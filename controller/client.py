@@ -37,6 +37,9 @@ EXECUTION_WAIT_S = 660.0
 EXECUTION_MARGIN_S = 60.0
 # Creating a session starts a sandbox, which may take the server's start timeout (30 s by default) and more.
 SESSION_START_WAIT_S = 120.0
+# An idle connection is reused for this long only: well within any server's keep-alive (uvicorn's default is 5 s,
+# mcpx's 75 s), so a request never goes out on a connection the server is closing at that moment.
+KEEPALIVE_S = 2.0
 
 
 class MCPXClientError(Exception):
@@ -361,7 +364,12 @@ class MCPXClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
-            self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+            self._http = httpx.AsyncClient(
+                base_url=base_url.rstrip("/"),
+                headers=headers,
+                timeout=timeout,
+                limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S),
+            )
         except httpx.InvalidURL as exc:
             raise ValueError(f"not a URL: {base_url!r}") from exc
         self.base_url = base_url.rstrip("/")

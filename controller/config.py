@@ -18,7 +18,10 @@ from controller.errors import ConfigError
 from controller.policy import Policy
 from controller.tenants import TenantConfig
 
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `${...}` as MCP clients write it: `${VAR}` and `${VAR:-default}` (Claude Code), `${env:VAR}` (VS Code, Cursor).
+# Any other `${`, an unterminated one included, is refused rather than kept as text.
+REFERENCE = re.compile(r"\$\{([^}]*)\}|\$\{")
+VARIABLE = re.compile(r"(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^${]*))?")
 # A replica's name: a DNS label short enough that `<name>.<16 hex>` session ids fit in 63-character label values.
 REPLICA_NAME = r"[a-z0-9][a-z0-9-]{0,30}"
 ReplicaName = Annotated[str, Field(pattern=f"^{REPLICA_NAME}$")]
@@ -29,6 +32,7 @@ class StdioServer(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    type: Literal["stdio"] = "stdio"
     command: str = Field(min_length=1)
     args: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
@@ -46,6 +50,7 @@ class HttpServer(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    type: Literal["http", "streamable-http"] = "http"
     url: str = Field(pattern=r"^https?://")
     headers: dict[str, str] = Field(default_factory=dict)
     description: str | None = None
@@ -56,9 +61,32 @@ class HttpServer(BaseModel):
     """Whether the server's own annotations (hints the MCP spec calls untrusted) count, e.g. for `read_only`."""
 
 
+# The `type` MCP clients write beside an entry, and the key that entry must then have.
+TRANSPORTS = {"stdio": "command", "http": "url", "streamable-http": "url"}
+
+
 def _transport(entry: Any) -> str | None:
     if isinstance(entry, Mapping):
         return "stdio" if "command" in entry else "http" if "url" in entry else None
+    return None
+
+
+def type_problem(entry: Any) -> str | None:
+    """What is wrong with an entry's `type` for its shape, if anything."""
+    if not isinstance(entry, Mapping) or "type" not in entry:
+        return None
+    kind = entry["type"]
+    if kind == "sse":
+        return (
+            "type 'sse' (the HTTP+SSE transport MCP replaced in 2025) is not supported: give the server's "
+            'streamable HTTP endpoint as `url` with "type": "http"'
+        )
+    if kind not in TRANSPORTS:
+        return f"unknown type {kind!r}: expected one of {', '.join(map(repr, TRANSPORTS))}"
+    needed = TRANSPORTS[kind]
+    other = "url" if needed == "command" else "command"
+    if needed not in entry or other in entry:
+        return f"type {kind!r} needs `{needed}`" + (f", not `{other}`" if other in entry else "")
     return None
 
 
@@ -71,20 +99,31 @@ _SERVERS = TypeAdapter(dict[ServerName, ServerConfig])
 
 
 def expand(value: Any, environ: Mapping[str, str], where: str) -> Any:
-    """Replace `${VAR}` in every string of a config value.
+    """Replace `${VAR}`, `${VAR:-default}` (the default when VAR is unset or empty) and `${env:VAR}` in every
+    string of a config value; values are inserted as they are, never expanded again, and a default holds no `$`,
+    `{` or `}`. A `$` not followed by `{` is plain text; there is no escape (MCP clients have none).
 
     Raises:
-        ConfigError: a variable is not set.
+        ConfigError: a variable without a default is not set, or a `${...}` is of no supported form.
     """
     if isinstance(value, str):
 
         def lookup(match: re.Match[str]) -> str:
-            name = match.group(1)
+            reference = match.group(1)
+            variable = VARIABLE.fullmatch(reference) if reference is not None else None
+            if variable is None:
+                raise ConfigError(
+                    f"{where}: {match.group(0)!r} is not a supported reference: "
+                    "write ${VAR}, ${VAR:-default} or ${env:VAR}"
+                )
+            name, default = variable.group(1), variable.group(2)
+            if default is not None:
+                return environ.get(name) or default
             if name not in environ:
                 raise ConfigError(f"{where}: environment variable {name} is not set")
             return environ[name]
 
-        return VARIABLE.sub(lookup, value)
+        return REFERENCE.sub(lookup, value)
     if isinstance(value, list):
         return [expand(item, environ, where) for item in value]
     if isinstance(value, dict):
@@ -93,18 +132,22 @@ def expand(value: Any, environ: Mapping[str, str], where: str) -> Any:
 
 
 def parse_servers(document: Any, environ: Mapping[str, str]) -> dict[str, StdioServer | HttpServer]:
-    """Validate an `{"mcpServers": {...}}` document, expanding `${VAR}` from `environ`.
+    """Validate an `{"mcpServers": {...}}` document (or VS Code's `{"servers": {...}}`), expanding `${VAR}` from
+    `environ`.
 
     Raises:
         ConfigError: naming the server and the field at fault.
     """
-    if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
+    key = "servers" if isinstance(document, dict) and "mcpServers" not in document else "mcpServers"
+    if not isinstance(document, dict) or not isinstance(document.get(key), dict):
         raise ConfigError('the server config must be a JSON object with an "mcpServers" object')
-    entries = {name: expand(entry, environ, f"server {name!r}") for name, entry in document["mcpServers"].items()}
+    entries = {name: expand(entry, environ, f"server {name!r}") for name, entry in document[key].items()}
+    problems = [f"server {name!r}: {problem}" for name, entry in entries.items() if (problem := type_problem(entry))]
+    if problems:
+        raise ConfigError("invalid server config: " + "; ".join(problems))
     try:
         return _SERVERS.validate_python(entries)
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             name, *field = [str(part) for part in error["loc"] if part not in ("stdio", "http")]
             at = f" field {'.'.join(field)!r}" if field else ""
@@ -184,6 +227,10 @@ class Settings(BaseSettings):
     """Address the HTTP API binds to."""
     port: int = 8080
     """Port of the HTTP API."""
+    http_keepalive_s: int = Field(default=75, ge=1)
+    """How long an idle HTTP connection stays open for its next request, and a request's head may take to arrive;
+    longer than clients keep idle connections (httpx 5 s, aiohttp 15 s, load balancers 60 s), so that none sends a
+    request on a connection the server is closing."""
     controller_id: ReplicaName = "mcpx"
     """This replica's name: in every sandbox's `mcpx.controller` label (containers with it are this controller's, and
     only those are reaped) and in every session id it makes (`<name>.<16 hex digits>`). Unique per replica: in a

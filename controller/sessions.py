@@ -57,6 +57,7 @@ from controller.runtime import (
     choose_runtime,
 )
 from controller.shaping import OUTPUT_LIMIT, CapturedStream, Strategy, Tokens
+from controller.statedir import StateLock
 from controller.telemetry import Telemetry, child_of
 from controller.workspaces import Workspaces
 
@@ -300,6 +301,7 @@ class SessionManager:
         self.secrets = secrets
         self._trees: dict[str, Path] = {}
         self._interfaces: dict[str, preflight.Tools] = {}
+        self.state_lock = StateLock(settings.state_dir, settings.controller_id, settings.host, settings.port)
         self.pool: list[Session] = []
         self._creating: list[str] = []
         self._refill = asyncio.Event()
@@ -328,8 +330,16 @@ class SessionManager:
 
     async def stubs_for(self, view: CatalogSnapshot) -> Path:
         """The read-only stubs tree of a catalog view, rendered once per content hash (in a thread: a large
-        catalog takes about a second)."""
+        catalog takes about a second), and again when it was removed from under this controller."""
         tree = self._trees.get(view.digest)
+        if tree is not None and not tree.is_dir():
+            logger.warning("the stubs tree %s was removed: writing it again", tree)
+            # Warm sandboxes mount the removed directory, not the one written next: none of them may be claimed.
+            broken = [session for session in self.pool if session.tools_dir == tree]
+            self.pool = [session for session in self.pool if session not in broken]
+            await asyncio.gather(*(self._destroy(session) for session in broken))
+            self._refill.set()
+            tree = None
         if tree is None:
             files = await anyio.to_thread.run_sync(render_stubs, view)
             tree = await anyio.to_thread.run_sync(stubgen.write_tree, files, self.stubs_dir, view.digest)
@@ -338,7 +348,19 @@ class SessionManager:
 
     async def start(self) -> None:
         """Re-adopt the live sessions an earlier run of this controller left, reap everything else it left, pick
-        the runtime, start the reaper and the pool."""
+        the runtime, start the reaper and the pool.
+
+        Raises:
+            StateDirBusy: another controller holds the state dir (nothing in it was touched).
+        """
+        self.state_lock.acquire()
+        try:
+            await self._start_up()
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    async def _start_up(self) -> None:
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.chmod(0o711)
         self.stubs_dir.mkdir(mode=0o755, exist_ok=True)
@@ -438,6 +460,7 @@ class SessionManager:
         )
         await self._retry_removals()
         await self.ledger.close()
+        self.state_lock.release()
 
     def get(self, session_id: str, tenant: str) -> Session:
         """The tenant's session; another tenant's is as unknown as a missing one. Raises: SessionNotFound."""
@@ -913,6 +936,8 @@ class SessionManager:
 
     async def _boot(self, session: Session) -> None:
         """Start a container for the session and wait until its runtime connects to the socket."""
+        if not session.tools_dir.is_dir():  # removed from under this controller: the current catalog's, written again
+            session.tools_dir = await self.stubs_for(self.catalog.snapshot.only(session.servers))
         spec = SandboxSpec(
             session_id=session.id,
             controller_id=self.settings.controller_id,

@@ -21,6 +21,7 @@ import uvicorn
 
 from controller.api import create_app
 from controller.config import Limits, Settings
+from controller.serving import server_config
 from controller.telemetry import Telemetry
 from controller.workspaces import mounts_under
 
@@ -75,7 +76,7 @@ class LiveServer:
 
     def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         app = create_app(settings, telemetry=telemetry)
-        config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
+        config = server_config(app, settings, log_level="warning")  # as `mcpx serve` runs it
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{settings.port}"
@@ -254,3 +255,56 @@ def execute(api: httpx.Client, session_id: str, code: str, **body: Any) -> dict[
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result
+
+
+class Serve:
+    """`mcpx serve` as a process of its own on a free port (its stderr in `log`); stopped with SIGTERM on exit."""
+
+    def __init__(self, tmp_path: Path, state_dir: Path, controller_id: str, *args: str, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"serve-{self.port}.log"
+        config = tmp_path / "empty-servers.json"
+        if not config.exists():
+            config.write_text(json.dumps({"mcpServers": {}}))
+        self.env = {
+            **os.environ,
+            "MCPX_STATE_DIR": str(state_dir),
+            "MCPX_CONTROLLER_ID": controller_id,
+            "MCPX_IMAGE": IMAGE,
+            "MCPX_WARM_POOL_SIZE": "0",
+            **{f"MCPX_{name.upper()}": value for name, value in settings.items()},
+        }
+        self.command = [str(Path(sys.executable).parent / "mcpx"), "serve", "--port", str(self.port)]
+        self.command += [*args] if "--config" in args else ["--config", str(config), *args]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with self.log.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        return self.process
+
+    def __enter__(self) -> Serve:
+        process = self.start()
+
+        def healthy() -> bool:
+            assert process.poll() is None, f"mcpx serve exited: {self.log.read_text()}"
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, 60, "mcpx serve to answer /healthz")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +17,10 @@ import docker
 import httpx
 import pytest
 
-from controller.cli import main
+from controller.cli import local_key, main
 from controller.config import Settings
-from tests.conftest import IMAGE, ROOT, LiveServer, SessionFactory, free_port, make_settings, wait_until
+from controller.errors import ConfigError
+from tests.conftest import IMAGE, ROOT, LiveServer, Serve, SessionFactory, free_port, make_settings, wait_until
 
 MCPX = Path(sys.executable).parent / "mcpx"
 API_KEY = "0123456789abcdef-cli-key"
@@ -361,3 +363,56 @@ def test_serve_refuses_an_invalid_config_with_exit_2(tmp_path: Path, capsys: pyt
     config.write_text('{"mcpServers": {"bad": {}}}')
     code, _, err = run(capsys, "serve", "--config", str(config))
     assert code == 2 and "bad" in err
+
+
+NO_KEYS = "WARNING controller.cli: no API keys: any local process can use every session (its code, files and tools)"
+
+
+def test_serve_without_api_keys_warns_that_any_local_process_can_use_every_session(tmp_path: Path) -> None:
+    with Serve(tmp_path, tmp_path / "state", f"open{os.getpid()}") as served:
+        log = served.log.read_text()
+    assert NO_KEYS in log and f"through {served.url}; require keys with MCPX_API_KEYS" in log
+
+
+def test_serve_generate_key_requires_the_key_it_wrote_owner_only_and_keeps_it_across_restarts(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    keys: list[str] = []
+    for _ in range(2):
+        with Serve(tmp_path, state, f"keyed{os.getpid()}", "--generate-key") as served:
+            key_file = state / "api-key"
+            assert key_file.stat().st_mode & 0o777 == 0o600
+            tenant, _, key = key_file.read_text().strip().partition(":")
+            assert tenant == "local" and len(key) >= 32
+            keys.append(key)
+            assert httpx.get(f"{served.url}/v1/sessions", timeout=30).status_code == 401
+            authorized = httpx.get(f"{served.url}/v1/sessions", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+            assert authorized.status_code == 200
+            log = served.log.read_text()
+        assert f"tenant `local` has the one in {key_file}" in log and "no API keys" not in log and key not in log
+    assert keys[0] == keys[1]
+
+
+def test_generate_key_refuses_a_key_file_others_can_read_and_a_configured_keys_file(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    (tmp_path / "api-key").write_text("local:0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "api-key").chmod(0o644)
+    with pytest.raises(ConfigError, match="is readable by others: `chmod 600` it"):
+        local_key(settings)
+    with pytest.raises(ConfigError, match="--generate-key writes its own keys file"):
+        local_key(Settings(state_dir=tmp_path, api_keys_file=tmp_path / "keys"))
+
+
+# make help
+
+
+def test_make_help_lists_every_documented_target_with_its_variables_expanded() -> None:
+    documented = re.findall(r"^([^\s:#=$]+):[^\n]*## ", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert {"k8s-validate", "run", "help"} <= set(documented)
+    done = subprocess.run(
+        ["make", "-s", "--no-print-directory", "help", "HOST=10.1.2.3", "PORT=9999", "OVERLAY=prod"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+    assert [line.split()[0] for line in text.splitlines()] == documented
+    assert "$(" not in text
+    assert "Serve the API on 10.1.2.3:9999" in text and "k8s/overlays/prod" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import anyio
 import pytest
+import uvicorn
 
+from controller import client as client_module
 from controller.client import (
     Event,
     MCPXClient,
@@ -22,6 +25,7 @@ from controller.client import (
     SSEDecoder,
     ToolCallEvent,
 )
+from controller.config import Settings
 from tests.conftest import LiveServer, SessionFactory, free_port, make_settings
 
 pytestmark = pytest.mark.anyio
@@ -283,6 +287,16 @@ async def test_an_unreachable_server_raises_a_client_error_with_status_0() -> No
         with anyio.fail_after(30), pytest.raises(MCPXClientError) as raised:
             await client.health()
     assert (raised.value.status, raised.value.error) == (0, "unreachable")
+
+
+def test_the_client_drops_an_idle_connection_well_before_a_server_closes_it() -> None:
+    # Reusing a connection at the moment its server closes it fails the request (ReadError): the client's
+    # idle expiry stays well under uvicorn's default keep-alive (5 s) and under mcpx's own.
+    uvicorn_default = inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default
+    expiry = client_module.KEEPALIVE_S
+    assert expiry <= uvicorn_default / 2 and expiry < Settings().http_keepalive_s
+    pool = client_module.MCPXClient("http://127.0.0.1:1")._http._transport._pool  # type: ignore[attr-defined]
+    assert pool._keepalive_expiry == expiry
 
 
 def test_a_base_url_that_is_not_a_url_is_refused() -> None:
