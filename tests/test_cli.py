@@ -368,12 +368,14 @@ def test_serve_refuses_an_invalid_config_with_exit_2(tmp_path: Path, capsys: pyt
 NO_KEYS = "WARNING controller.cli: no API keys: any local process can use every session (its code, files and tools)"
 
 
+@pytest.mark.docker
 def test_serve_without_api_keys_warns_that_any_local_process_can_use_every_session(tmp_path: Path) -> None:
     with Serve(tmp_path, tmp_path / "state", f"open{os.getpid()}") as served:
         log = served.log.read_text()
     assert NO_KEYS in log and f"through {served.url}; require keys with MCPX_API_KEYS" in log
 
 
+@pytest.mark.docker
 def test_serve_generate_key_requires_the_key_it_wrote_owner_only_and_keeps_it_across_restarts(tmp_path: Path) -> None:
     state = tmp_path / "state"
     keys: list[str] = []

@@ -318,6 +318,7 @@ def check_capture(client: httpx.Client, session: str, reply: dict[str, Any], nam
     return kept
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize("size", [CAP - 1, CAP, CAP + 1, 3 * CAP])
 @pytest.mark.parametrize("name", ["stdout", "stderr"])
 @pytest.mark.parametrize("writer", list(WRITERS))
@@ -329,6 +330,7 @@ def test_output_up_to_the_cap_is_kept_whole_and_past_it_loses_only_its_middle(
     check_capture(capped, capped_session, reply, name, printed(size), CAP)
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize("size", [CAP - 1, CAP, CAP + 1, 3 * CAP])
 @pytest.mark.parametrize("name", ["stdout", "stderr"])
 def test_a_streamed_execution_sends_the_same_output_as_it_saves(
@@ -340,6 +342,7 @@ def test_a_streamed_execution_sends_the_same_output_as_it_saves(
     assert streamed == kept
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize("size", [CAP - 1, CAP + 1, 3 * CAP])
 @pytest.mark.parametrize("name", ["stdout", "stderr"])
 @pytest.mark.parametrize("streamed", [False, True])
