@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -20,8 +21,10 @@ from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller import discovery, stubgen, tsstubs
 from controller.audit import AuditLog
@@ -194,6 +197,10 @@ class FileProblem(MCPXError):
     """A workspace path that is missing, not confined, or not a regular file."""
 
 
+class RequestTooLarge(MCPXError):
+    """A request body over `max_json_bytes`."""
+
+
 class BadRequest(MCPXError):
     """A request that validates as JSON but asks for something out of bounds."""
 
@@ -205,6 +212,7 @@ class BadRequest(MCPXError):
 ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (Unauthorized, 401, "unauthorized"),
     (FileProblem, 404, "file_not_found"),
+    (RequestTooLarge, 413, "request_too_large"),
     (SessionNotFound, 404, "session_not_found"),
     (ToolNotFound, 404, "tool_not_found"),
     (SessionLimitReached, 429, "session_limit_reached"),
@@ -284,6 +292,45 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+KEEPALIVE = ": keepalive\n\n"  # an SSE comment: clients ignore it, idle-timing proxies see traffic
+UPLOAD = re.compile(r"/v1/sessions/[^/]+/files/.+")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body is read, at most `limit` bytes of it, before any route (or the MCP SDK)
+    parses it; a longer one, declared or chunked, gets 413. File uploads are streamed under their own limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "PUT" and UPLOAD.fullmatch(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        too_large = problem(RequestTooLarge(f"the request body is larger than {self.limit} bytes"))
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await too_large(scope, receive, send)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before it finished sending
+            body += message.get("body", b"")
+            more = bool(message.get("more_body"))
+            if len(body) > self.limit:
+                await too_large(scope, receive, send)
+                return
+        pending: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()  # then disconnects, as before
+
+        await self.app(scope, replay, send)
+
+
 def session_info(session: Session, now: float) -> SessionInfo:
     return SessionInfo(
         id=session.id,
@@ -356,6 +403,7 @@ def create_app(
     app.add_middleware(
         Forwarder, replicas=replicas, authenticated=lambda request: tenant_of(request) is not None, problem=problem
     )
+    app.add_middleware(BodyLimit, limit=settings.max_json_bytes)  # outside the Forwarder: peers get bounded bodies
     app.add_middleware(TracingMiddleware, telemetry=telemetry)  # the outermost: forwarded requests are traced too
     # A route, not a mount: a mount would redirect /mcp to /mcp/, which not every MCP client follows.
     app.router.routes.append(Route("/mcp", mcp_app, methods=["GET", "POST", "DELETE"]))
@@ -471,8 +519,16 @@ def create_app(
         )
         running.add_done_callback(lambda task: events.put_nowait(("done", None)))
         try:
-            while (item := await events.get())[0] != "done":
-                yield sse(*item)
+            while True:
+                try:
+                    async with asyncio.timeout(settings.sse_keepalive_s):
+                        kind, data = await events.get()  # an item is never lost to the timeout: get() takes it last
+                except TimeoutError:
+                    yield KEEPALIVE
+                    continue
+                if kind == "done":
+                    break
+                yield sse(kind, data)
             try:
                 yield sse("result", running.result().model_dump(mode="json"))
             except MCPXError as exc:  # headers are sent: the error travels as the stream's last event

@@ -19,6 +19,7 @@ from controller.errors import ConfigError
 from tests.conftest import LiveServer, SessionFactory, execute, make_settings, wait_until
 
 ALPHA, BETA = "alpha-key-0123456789abcdef", "beta-key-fedcba9876543210"
+KEEPALIVE_S = 0.2
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, servers_file: Path) -> Itera
         controller_id=f"keyed{id(servers_file) % 10000}",
         api_keys=f"alpha:{ALPHA},beta:{BETA}",
         tenants={"beta": {"servers": ["time"], "max_sessions": 1}},
+        sse_keepalive_s=KEEPALIVE_S,
     )
     with LiveServer(settings) as live:
         yield live, settings
@@ -213,3 +215,15 @@ def test_a_client_that_disconnects_stops_the_execution(api: httpx.Client, new_se
 
     wait_until(stopped, 20, "the disconnected execution to stop")
     assert reached[-1] < 99
+
+
+def test_a_silent_stream_sends_keepalive_comments_until_its_result(alpha: httpx.Client, alpha_session: str):
+    # Sleeping many keep-alive intervals, printing nothing: only comments can cross the silence.
+    code = f"import time\ntime.sleep({KEEPALIVE_S * 8})\n'done'"
+    with alpha.stream("POST", f"/v1/sessions/{alpha_session}/executions", json={"code": code},
+                      headers={"accept": "text/event-stream"}) as response:  # fmt: skip
+        lines = [line for line in response.iter_lines() if line]
+    ending = lines.index("event: result")
+    assert ending >= 2 and set(lines[:ending]) == {": keepalive"}, lines
+    assert json.loads(lines[ending + 1].removeprefix("data: "))["result"] == "done"
+    assert lines[ending + 2 :] == []

@@ -29,6 +29,7 @@ ALPHA, BETA = "alpha-key-replicas-0123456789", "beta-key-replicas-9876543210"
 TOOL_CALL = "from servers.time import get_current_time\nget_current_time(timezone='UTC')['timezone']"
 # A replica that is gone must fail its sessions at once (connection refused), not after a timeout.
 GONE_WITHIN_S = 3.0
+KEEPALIVE_S = 0.2
 
 
 @pytest.fixture
@@ -113,6 +114,7 @@ def replica_settings(directory: Path, servers: Path, name: str, ports: dict[str,
         api_keys=f"alpha:{ALPHA},beta:{BETA}",
         peers={other: f"http://127.0.0.1:{port}" for other, port in ports.items() if other != name},
         forward_connect_timeout_s=1.0,
+        sse_keepalive_s=KEEPALIVE_S,
     )
 
 
@@ -209,6 +211,23 @@ def test_a_stream_through_a_non_owner_delivers_every_event(clients: tuple[httpx.
     # Streamed, not buffered by the forwarding replica: the first line came well before the end.
     total = time.monotonic() - started
     assert first_tick is not None and first_tick < total - 0.4, (first_tick, total)
+    assert a.delete(f"/v1/sessions/{session_id}").status_code == 204
+
+
+@pytest.mark.docker
+def test_a_silent_stream_through_a_non_owner_keeps_its_keepalive_comments(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    a, b = clients
+    session_id = create(a)
+    code = f"import time\ntime.sleep({KEEPALIVE_S * 8})\n'done'"
+    with b.stream(
+        "POST", f"/v1/sessions/{session_id}/executions", json={"code": code}, headers={"accept": "text/event-stream"}
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    ending = lines.index("event: result")
+    assert ending >= 2 and set(lines[:ending]) == {": keepalive"}, lines
+    assert json.loads(lines[ending + 1].removeprefix("data: "))["result"] == "done"
     assert a.delete(f"/v1/sessions/{session_id}").status_code == 204
 
 
