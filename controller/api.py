@@ -15,12 +15,14 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote_to_bytes
 
 import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -104,8 +106,45 @@ class SessionList(BaseModel):
 
 
 class FileInfo(BaseModel):
-    path: str = Field(description="Relative to the workspace (/workspace in the sandbox).")
+    path: str = Field(
+        description="Relative to the workspace (/workspace in the sandbox); bytes of a name that are not UTF-8 show "
+        "as U+FFFD here."
+    )
+    url_path: str = Field(
+        description="The path's bytes percent-encoded, lossless whatever the name: `…/files/{url_path}` reaches it."
+    )
     size: int
+
+
+class FilePath(Convertor[str]):
+    """Starlette's `path` convertor with newlines too: a file name may hold one."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("file", FilePath())
+
+
+def file_info(path: str, size: int) -> FileInfo:
+    """A workspace path as the file system gave it (undecodable bytes as surrogate escapes), for JSON."""
+    raw = os.fsencode(path)
+    return FileInfo(path=raw.decode(errors="replace"), url_path=quote(raw, safe="/"), size=size)
+
+
+def file_path(request: Request, path: str) -> str:
+    """The file path of a `…/files/{path}` URL with its percent-escapes decoded to bytes, so a name that is not
+    UTF-8 is reachable (the server decodes them as UTF-8, which turns such bytes into U+FFFD)."""
+    raw = request.scope.get("raw_path")
+    segments = raw.split(b"/", 5) if isinstance(raw, bytes) else []
+    if len(segments) != 6 or segments[4] != b"files":
+        return path
+    return os.fsdecode(unquote_to_bytes(segments[5]))
 
 
 class FileList(BaseModel):
@@ -545,24 +584,24 @@ def create_app(
     async def list_files(caller: Tenant, session_id: str) -> FileList:
         session = manager.get(session_id, caller)
         found = await anyio.to_thread.run_sync(manager.workspaces.listing, session.workspace_dir)
-        return FileList(files=[FileInfo(path=path, size=size) for path, size in found])
+        return FileList(files=[file_info(path, size) for path, size in found])
 
     @app.get(
-        "/v1/sessions/{session_id}/files/{path:path}",
+        "/v1/sessions/{session_id}/files/{path:file}",
         tags=["files"],
         responses={**error_responses, 200: {"content": {"application/octet-stream": {}}}},
     )
-    async def download(caller: Tenant, session_id: str, path: str) -> Response:
+    async def download(caller: Tenant, session_id: str, path: str, request: Request) -> Response:
         session = manager.get(session_id, caller)
         try:
             data = await anyio.to_thread.run_sync(
-                manager.workspaces.read, session.workspace_dir, path, settings.max_upload_bytes * 4
+                manager.workspaces.read, session.workspace_dir, file_path(request, path), settings.max_upload_bytes * 4
             )
         except WorkspaceError as exc:
             raise FileProblem(str(exc)) from exc
         return Response(data, media_type="application/octet-stream")
 
-    @app.put("/v1/sessions/{session_id}/files/{path:path}", status_code=201, tags=["files"], responses=error_responses)
+    @app.put("/v1/sessions/{session_id}/files/{path:file}", status_code=201, tags=["files"], responses=error_responses)
     async def upload(caller: Tenant, session_id: str, path: str, request: Request) -> FileInfo:
         session = manager.get(session_id, caller)
         body = bytearray()
@@ -570,19 +609,20 @@ def create_app(
             body += chunk
             if len(body) > settings.max_upload_bytes:
                 raise BadRequest(f"the file is larger than {settings.max_upload_bytes} bytes", status=413)
+        relative = file_path(request, path)
         try:
-            await anyio.to_thread.run_sync(manager.workspaces.write, session.workspace_dir, path, bytes(body))
+            await anyio.to_thread.run_sync(manager.workspaces.write, session.workspace_dir, relative, bytes(body))
         except WorkspaceError as exc:
             raise FileProblem(str(exc)) from exc
-        return FileInfo(path=path, size=len(body))
+        return file_info(relative, len(body))
 
     @app.delete(
-        "/v1/sessions/{session_id}/files/{path:path}", status_code=204, tags=["files"], responses=error_responses
+        "/v1/sessions/{session_id}/files/{path:file}", status_code=204, tags=["files"], responses=error_responses
     )
-    async def delete_file(caller: Tenant, session_id: str, path: str) -> Response:
+    async def delete_file(caller: Tenant, session_id: str, path: str, request: Request) -> Response:
         session = manager.get(session_id, caller)
         try:
-            await anyio.to_thread.run_sync(manager.workspaces.delete, session.workspace_dir, path)
+            await anyio.to_thread.run_sync(manager.workspaces.delete, session.workspace_dir, file_path(request, path))
         except WorkspaceError as exc:
             raise FileProblem(str(exc)) from exc
         return Response(status_code=204)

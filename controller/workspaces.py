@@ -132,11 +132,15 @@ class Workspaces:
 
     @staticmethod
     def listing(directory: Path, limit: int = 10_000) -> list[tuple[str, int]]:
-        """Regular files below the workspace with their sizes; symlinks are neither followed nor listed."""
+        """Regular files below the workspace with their sizes; symlinks are neither followed nor listed. Names are
+        as the file system has them: bytes that are not UTF-8 as surrogate escapes (`os.fsencode` restores them)."""
         found: list[tuple[str, int]] = []
         for root, _dirs, files, root_fd in os.fwalk(directory, follow_symlinks=False):
             for name in files:
-                info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                try:
+                    info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                except FileNotFoundError:  # the code removed it meanwhile
+                    continue
                 if stat.S_ISREG(info.st_mode):
                     found.append((os.path.relpath(os.path.join(root, name), directory), info.st_size))
                     if len(found) >= limit:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -122,7 +123,7 @@ def test_files_round_trip_binary_content_and_unicode_names(api: httpx.Client, ne
     path = "données/über ☃.bin"
     uploaded = api.put(f"/v1/sessions/{session}/files/{path}", content=data)
     assert uploaded.status_code == 201
-    assert uploaded.json() == {"path": path, "size": len(data)}
+    assert uploaded.json() == {"path": path, "url_path": quote(path.encode()), "size": len(data)}
     digest = execute(
         api, session, f"import hashlib\nhashlib.sha256(open('/workspace/{path}', 'rb').read()).hexdigest()"
     )
@@ -134,6 +135,48 @@ def test_files_round_trip_binary_content_and_unicode_names(api: httpx.Client, ne
     assert api.get(f"/v1/sessions/{session}/files/{path}").content == data
     assert api.delete(f"/v1/sessions/{session}/files/{path}").status_code == 204
     assert execute(api, session, f"import os\nos.path.exists('/workspace/{path}')")["result"] is False
+
+
+# Names the code can give files that a URL or JSON cannot carry as they are.
+ODD_NAMES = [
+    b"bad\xff\xfe.bin",  # not UTF-8
+    b"\xc3(.txt",  # a cut multi-byte sequence
+    b"\xed\xa0\x80.txt",  # a UTF-16 surrogate encoded as UTF-8
+    b"line\nbreak.txt",
+    b"tab\tbell\x07esc\x1bdel\x7f.txt",
+    b"\r",
+    b"L" * 255,  # the longest name ext4 allows
+    "é".encode() * 127,
+    b"100%41 ?#&+.txt",  # URL syntax, and a percent-escape that is part of the name
+    b"dir\xff/inner\n.txt",  # in a directory whose name is not UTF-8
+]
+
+
+def test_files_with_odd_names_are_listed_and_reached_by_their_url_path(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    make = "import os\nfor name in names:\n    os.makedirs(os.path.dirname(b'/workspace/' + name), exist_ok=True)\n"
+    make += "    open(b'/workspace/' + name, 'wb').write(name)"
+    execute(api, session, f"names = {ODD_NAMES!r}\n{make}")
+    listing = api.get(f"/v1/sessions/{session}/files")
+    assert listing.status_code == 200, listing.text
+    files = {entry["url_path"]: entry for entry in listing.json()["files"]}
+    assert set(files) == {quote(name, safe="/") for name in ODD_NAMES}
+    for name in ODD_NAMES:
+        entry = files[quote(name, safe="/")]
+        assert (entry["path"], entry["size"]) == (name.decode(errors="replace"), len(name))
+        url = f"/v1/sessions/{session}/files/{entry['url_path']}"
+        assert api.get(url).content == name, name
+        assert api.delete(url).status_code == 204, name
+        assert api.get(url).status_code == 404, name
+    assert api.get(f"/v1/sessions/{session}/files").json()["files"] == []
+    # Uploads take the same paths, and answer with them.
+    uploaded = api.put(f"/v1/sessions/{session}/files/{quote(ODD_NAMES[0])}", content=b"up")
+    assert uploaded.json() == {
+        "path": ODD_NAMES[0].decode(errors="replace"),
+        "url_path": quote(ODD_NAMES[0]),
+        "size": 2,
+    }
+    assert execute(api, session, f"open({b'/workspace/' + ODD_NAMES[0]!r}, 'rb').read()")["result"] == "b'up'"
 
 
 @pytest.mark.parametrize("path", ["../escape.txt", "a/../../escape.txt", "%2e%2e/escape.txt", "a/%2e%2e/%2e%2e/x"])

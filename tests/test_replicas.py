@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -175,6 +176,12 @@ def test_sessions_made_through_either_replica_are_usable_through_both(
         assert other.get(f"/v1/sessions/{session_id}/files/out.txt").content == b"from set through the other replica"
         assert {f["path"] for f in other.get(f"/v1/sessions/{session_id}/files").json()["files"]} >= {"out.txt"}
         assert other.delete(f"/v1/sessions/{session_id}/files/out.txt").status_code == 204
+        # A name that is neither UTF-8 nor one line reaches the owner byte for byte.
+        odd = quote(b"odd\xff\n.bin")
+        assert other.put(f"/v1/sessions/{session_id}/files/{odd}", content=b"odd").json()["url_path"] == odd
+        assert odd in {f["url_path"] for f in creator.get(f"/v1/sessions/{session_id}/files").json()["files"]}
+        assert other.get(f"/v1/sessions/{session_id}/files/{odd}").content == b"odd"
+        assert other.delete(f"/v1/sessions/{session_id}/files/{odd}").status_code == 204
         # Another tenant's key is passed on as is: the owner refuses it exactly as for its own clients.
         stranger = other.get(f"/v1/sessions/{session_id}", headers=headers(BETA))
         assert (stranger.status_code, stranger.json()["error"]) == (404, "session_not_found")
