@@ -9,9 +9,11 @@ import logging
 import os
 import re
 import secrets
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -45,6 +47,7 @@ from controller.errors import (
     SandboxError,
     SessionLimitReached,
     SessionNotFound,
+    ShuttingDown,
     ToolNotFound,
     UnknownServers,
     WorkspaceError,
@@ -260,6 +263,7 @@ ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (GVisorRequired, 503, "gvisor_required"),
     (RuntimeUnavailable, 503, "runtime_unavailable"),
     (ReplicaUnavailable, 503, "replica_unavailable"),
+    (ShuttingDown, 503, "shutting_down"),
     (ForwardingLoop, 502, "forwarding_loop"),
     (SandboxError, 502, "sandbox_failed"),
 ]
@@ -370,6 +374,34 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+@contextmanager
+def draining_on_signals(manager: SessionManager) -> Iterator[None]:
+    """SIGTERM and SIGINT mark the manager draining, then go on to the server's own handlers (uvicorn's shutdown):
+    a request already read when the signal came is refused a new session rather than handed one about to go.
+    Signal handlers belong to the main thread; served from another (tests), the drain starts at shutdown."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {int(number): signal.getsignal(number) or signal.SIG_DFL for number in (signal.SIGTERM, signal.SIGINT)}
+
+    def drain(number: int, frame: Any) -> None:
+        manager.draining = True
+        chained = previous[number]
+        if callable(chained):
+            chained(number, frame)
+        else:  # the default action (or ignoring it), as without us
+            signal.signal(number, chained)
+            signal.raise_signal(number)
+
+    for number in previous:
+        signal.signal(number, drain)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def session_info(session: Session, now: float) -> SessionInfo:
     return SessionInfo(
         id=session.id,
@@ -425,8 +457,9 @@ def create_app(
         try:
             await manager.start()
             try:
-                async with mcp_lifespan():
-                    yield
+                with draining_on_signals(manager):
+                    async with mcp_lifespan():
+                        yield
             finally:
                 await manager.close()
         finally:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +22,19 @@ import pytest
 from controller.api import create_app
 from controller.config import Settings
 from controller.errors import ConfigError
-from tests.conftest import LiveServer, SessionFactory, execute, make_settings, wait_until
+from controller.sessions import session_directory
+from tests.conftest import (
+    IMAGE,
+    ROOT,
+    TIME_SERVER,
+    LiveServer,
+    SessionFactory,
+    execute,
+    free_port,
+    make_settings,
+    wait_for_port,
+    wait_until,
+)
 
 ALPHA, BETA = "alpha-key-0123456789abcdef", "beta-key-fedcba9876543210"
 KEEPALIVE_S = 0.2
@@ -270,3 +287,68 @@ def test_a_silent_stream_sends_keepalive_comments_until_its_result(alpha: httpx.
     assert ending >= 2 and set(lines[:ending]) == {": keepalive"}, lines
     assert json.loads(lines[ending + 1].removeprefix("data: "))["result"] == "done"
     assert lines[ending + 2 :] == []
+
+
+def test_a_create_read_during_a_sigterm_drain_is_refused_while_the_running_execution_finishes(tmp_path: Path):
+    """A real drain: `mcpx serve` gets SIGTERM while an execution runs and a create request is half read."""
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
+    port = free_port()
+    environment = {
+        **os.environ,
+        "MCPX_STATE_DIR": str(tmp_path / "state"),
+        "MCPX_CONTROLLER_ID": f"drain{os.getpid()}",
+        "MCPX_IMAGE": IMAGE,
+        "MCPX_PORT": str(port),
+        "MCPX_WARM_POOL_SIZE": "0",
+        "MCPX_WORKSPACE_SIZE_MB": "32",
+        "MCPX_DRAIN_TIMEOUT_S": "120",
+    }
+    serve = ROOT / ".venv" / "bin" / "mcpx"
+    process = subprocess.Popen([str(serve), "serve", "--config", str(servers)], env=environment, cwd=ROOT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as api:
+            wait_for_port(port, process)
+            session = api.post("/v1/sessions", json={"runtime": "runc"}).json()["id"]
+            go = session_directory(tmp_path / "state" / "sessions", session) / "workspace" / "go"
+            finished: dict[str, httpx.Response] = {}
+            # Runs until the test lets it end, by a file it waits for.
+            code = "import os, time\nwhile not os.path.exists('/workspace/go'):\n    time.sleep(0.05)\n'finished'"
+
+            def run() -> None:
+                with httpx.Client(base_url=api.base_url, timeout=120) as client:
+                    finished["response"] = client.post(f"/v1/sessions/{session}/executions", json={"code": code})
+
+            running = threading.Thread(target=run)
+            running.start()
+            wait_until(lambda: api.get(f"/v1/sessions/{session}").json()["state"] == "busy", 30, "the execution")
+            body = json.dumps({"runtime": "runc"}).encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=120) as held:
+                held.sendall(
+                    b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+                )
+                assert held.recv(64).startswith(b"HTTP/1.1 100"), "the app did not start reading the request"
+                process.send_signal(signal.SIGTERM)
+
+                def refusing() -> bool:
+                    with socket.socket() as probe:
+                        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+                wait_until(refusing, 30, "the server to stop accepting connections")
+                held.sendall(body)
+                answer = b""
+                while b"}" not in answer:
+                    answer += held.recv(4096)
+            status = int(answer.split(b" ")[1])
+            problem = json.loads(answer[answer.index(b"\r\n\r\n") + 4 :])
+            assert (status, problem["error"]) == (503, "shutting_down"), answer
+            go.write_text("")
+            running.join(timeout=120)
+            assert finished["response"].status_code == 200
+            assert finished["response"].json()["result"] == "finished"
+        assert process.wait(timeout=120) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
