@@ -20,6 +20,7 @@ import uvicorn
 
 from controller.api import create_app
 from controller.config import Limits, Settings
+from controller.runtime import SandboxBackend
 from controller.telemetry import Telemetry
 
 IMAGE = os.environ.get("MCPX_TEST_IMAGE", "mcpx-sandbox:latest")
@@ -51,8 +52,10 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
 class LiveServer:
     """uvicorn in a thread: the same app `mcpx serve` runs, on a free loopback port."""
 
-    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
-        app = create_app(settings, telemetry=telemetry)
+    def __init__(
+        self, settings: Settings, telemetry: Telemetry | None = None, backend: SandboxBackend | None = None
+    ) -> None:
+        app = create_app(settings, backend, telemetry)
         config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -11,13 +11,16 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import docker
 import httpx
 import pytest
 
 from controller.config import Settings
+from controller.runtime import DockerBackend, SandboxSpec
 from controller.sessions import session_directory
 from tests.conftest import ROOT, TIME_SERVER, LiveServer, SessionFactory, execute, make_settings, wait_until
 
@@ -377,3 +380,48 @@ def test_a_json_body_over_the_limit_gets_413_on_every_route_before_it_is_parsed(
             assert upload.status_code == 201, upload.text
         finally:
             client.delete(f"{SESSION}/{session}")
+
+
+class HeldBoots(DockerBackend):
+    """The real engine, with every sandbox start held at a gate the test opens: creations stay in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+        self.gate = threading.Event()
+
+    async def start(self, spec: SandboxSpec) -> str:
+        self.held += 1
+        await anyio.to_thread.run_sync(self.gate.wait)
+        return await super().start(spec)
+
+
+def test_a_create_over_the_limit_is_refused_before_any_create_in_flight_completes(tmp_path: Path):
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
+    settings = make_settings(
+        tmp_path / "state", servers_file=servers, max_sessions=2, controller_id=f"held{os.getpid()}"
+    )
+    boots = HeldBoots()
+    completed: list[httpx.Response] = []
+    with LiveServer(settings, backend=boots) as live, httpx.Client(base_url=live.url, timeout=120) as client:
+
+        def create() -> None:
+            completed.append(client.post(SESSION, json={"runtime": "runc"}))
+
+        in_flight = [threading.Thread(target=create) for _ in range(2)]
+        try:
+            for thread in in_flight:
+                thread.start()
+            wait_until(lambda: boots.held == 2, 60, "two creations to reach their sandbox's start")
+            for _ in range(3):
+                refused = client.post(SESSION, json={"runtime": "runc"})
+                assert (refused.status_code, refused.json()["error"]) == (429, "session_limit_reached")
+            assert completed == [] and boots.held == 2  # the refusals did no work and waited for none
+        finally:
+            boots.gate.set()
+            for thread in in_flight:
+                thread.join(timeout=120)
+        assert sorted(response.status_code for response in completed) == [201, 201]
+        for response in completed:
+            client.delete(f"{SESSION}/{response.json()['id']}")
