@@ -32,7 +32,6 @@ from tests.conftest import (
     execute,
     free_port,
     make_settings,
-    wait_for_port,
     wait_until,
 )
 
@@ -308,7 +307,12 @@ def test_a_create_read_during_a_sigterm_drain_is_refused_while_the_running_execu
     process = subprocess.Popen([str(serve), "serve", "--config", str(servers)], env=environment, cwd=ROOT)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as api:
-            wait_for_port(port, process)
+
+            def accepting() -> bool:
+                with socket.socket() as probe:
+                    return probe.connect_ex(("127.0.0.1", port)) == 0
+
+            wait_until(lambda: process.poll() is None and accepting(), 120, "mcpx serve to listen")
             session = api.post("/v1/sessions", json={"runtime": "runc"}).json()["id"]
             go = session_directory(tmp_path / "state" / "sessions", session) / "workspace" / "go"
             finished: dict[str, httpx.Response] = {}
@@ -330,12 +334,7 @@ def test_a_create_read_during_a_sigterm_drain_is_refused_while_the_running_execu
                 )
                 assert held.recv(64).startswith(b"HTTP/1.1 100"), "the app did not start reading the request"
                 process.send_signal(signal.SIGTERM)
-
-                def refusing() -> bool:
-                    with socket.socket() as probe:
-                        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-                wait_until(refusing, 30, "the server to stop accepting connections")
+                wait_until(lambda: not accepting(), 30, "the server to stop accepting connections")
                 held.sendall(body)
                 answer = b""
                 while b"}" not in answer:
