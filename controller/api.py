@@ -7,21 +7,28 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote_to_bytes
 
 import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller import discovery, stubgen, tsstubs
 from controller.audit import AuditLog
@@ -40,6 +47,7 @@ from controller.errors import (
     SandboxError,
     SessionLimitReached,
     SessionNotFound,
+    ShuttingDown,
     ToolNotFound,
     UnknownServers,
     WorkspaceError,
@@ -104,8 +112,45 @@ class SessionList(BaseModel):
 
 
 class FileInfo(BaseModel):
-    path: str = Field(description="Relative to the workspace (/workspace in the sandbox).")
+    path: str = Field(
+        description="Relative to the workspace (/workspace in the sandbox); bytes of a name that are not UTF-8 show "
+        "as U+FFFD here."
+    )
+    url_path: str = Field(
+        description="The path's bytes percent-encoded, lossless whatever the name: `…/files/{url_path}` reaches it."
+    )
     size: int
+
+
+class FilePath(Convertor[str]):
+    """Starlette's `path` convertor with newlines too: a file name may hold one."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("file", FilePath())
+
+
+def file_info(path: str, size: int) -> FileInfo:
+    """A workspace path as the file system gave it (undecodable bytes as surrogate escapes), for JSON."""
+    raw = os.fsencode(path)
+    return FileInfo(path=raw.decode(errors="replace"), url_path=quote(raw, safe="/"), size=size)
+
+
+def file_path(request: Request, path: str) -> str:
+    """The file path of a `…/files/{path}` URL with its percent-escapes decoded to bytes, so a name that is not
+    UTF-8 is reachable (the server decodes them as UTF-8, which turns such bytes into U+FFFD)."""
+    raw = request.scope.get("raw_path")
+    segments = raw.split(b"/", 5) if isinstance(raw, bytes) else []
+    if len(segments) != 6 or segments[4] != b"files":
+        return path
+    return os.fsdecode(unquote_to_bytes(segments[5]))
 
 
 class FileList(BaseModel):
@@ -209,6 +254,10 @@ class FileProblem(MCPXError):
     """A workspace path that is missing, not confined, or not a regular file."""
 
 
+class RequestTooLarge(MCPXError):
+    """A request body over `max_json_bytes`."""
+
+
 class BadRequest(MCPXError):
     """A request that validates as JSON but asks for something out of bounds."""
 
@@ -220,6 +269,7 @@ class BadRequest(MCPXError):
 ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (Unauthorized, 401, "unauthorized"),
     (FileProblem, 404, "file_not_found"),
+    (RequestTooLarge, 413, "request_too_large"),
     (SessionNotFound, 404, "session_not_found"),
     (ToolNotFound, 404, "tool_not_found"),
     (SessionLimitReached, 429, "session_limit_reached"),
@@ -229,6 +279,7 @@ ERROR_STATUS: list[tuple[type[MCPXError], int, str]] = [
     (StubsUnwritable, 503, "stubs_unavailable"),
     (RuntimeUnavailable, 503, "runtime_unavailable"),
     (ReplicaUnavailable, 503, "replica_unavailable"),
+    (ShuttingDown, 503, "shutting_down"),
     (ForwardingLoop, 502, "forwarding_loop"),
     (SandboxError, 502, "sandbox_failed"),
 ]
@@ -300,6 +351,73 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+KEEPALIVE = ": keepalive\n\n"  # an SSE comment: clients ignore it, idle-timing proxies see traffic
+UPLOAD = re.compile(r"/v1/sessions/[^/]+/files/.+")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body is read, at most `limit` bytes of it, before any route (or the MCP SDK)
+    parses it; a longer one, declared or chunked, gets 413. File uploads are streamed under their own limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "PUT" and UPLOAD.fullmatch(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        too_large = problem(RequestTooLarge(f"the request body is larger than {self.limit} bytes"))
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await too_large(scope, receive, send)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before it finished sending
+            body += message.get("body", b"")
+            more = bool(message.get("more_body"))
+            if len(body) > self.limit:
+                await too_large(scope, receive, send)
+                return
+        pending: list[Message] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()  # then disconnects, as before
+
+        await self.app(scope, replay, send)
+
+
+@contextmanager
+def draining_on_signals(manager: SessionManager) -> Iterator[None]:
+    """SIGTERM and SIGINT mark the manager draining, then go on to the server's own handlers (uvicorn's shutdown):
+    a request already read when the signal came is refused a new session rather than handed one about to go.
+    Signal handlers belong to the main thread; served from another (tests), the drain starts at shutdown."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {int(number): signal.getsignal(number) or signal.SIG_DFL for number in (signal.SIGTERM, signal.SIGINT)}
+
+    def drain(number: int, frame: Any) -> None:
+        manager.draining = True
+        chained = previous[number]
+        if callable(chained):
+            chained(number, frame)
+        else:  # the default action (or ignoring it), as without us
+            signal.signal(number, chained)
+            signal.raise_signal(number)
+
+    for number in previous:
+        signal.signal(number, drain)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def session_info(session: Session, now: float) -> SessionInfo:
     return SessionInfo(
         id=session.id,
@@ -358,8 +476,9 @@ def create_app(
         try:
             await manager.start()
             try:
-                async with mcp_lifespan():
-                    yield
+                with draining_on_signals(manager):
+                    async with mcp_lifespan():
+                        yield
             finally:
                 await manager.close()
         finally:
@@ -375,6 +494,7 @@ def create_app(
     app.add_middleware(
         Forwarder, replicas=replicas, authenticated=lambda request: tenant_of(request) is not None, problem=problem
     )
+    app.add_middleware(BodyLimit, limit=settings.max_json_bytes)  # outside the Forwarder: peers get bounded bodies
     app.add_middleware(TracingMiddleware, telemetry=telemetry)  # the outermost: forwarded requests are traced too
     # A route, not a mount: a mount would redirect /mcp to /mcp/, which not every MCP client follows.
     app.router.routes.append(Route("/mcp", mcp_app, methods=["GET", "POST", "DELETE"]))
@@ -503,8 +623,16 @@ def create_app(
         )
         running.add_done_callback(lambda task: events.put_nowait(("done", None)))
         try:
-            while (item := await events.get())[0] != "done":
-                yield sse(*item)
+            while True:
+                try:
+                    async with asyncio.timeout(settings.sse_keepalive_s):
+                        kind, data = await events.get()  # an item is never lost to the timeout: get() takes it last
+                except TimeoutError:
+                    yield KEEPALIVE
+                    continue
+                if kind == "done":
+                    break
+                yield sse(kind, data)
             try:
                 yield sse("result", running.result().model_dump(mode="json"))
             except MCPXError as exc:  # headers are sent: the error travels as the stream's last event
@@ -521,24 +649,24 @@ def create_app(
     async def list_files(caller: Tenant, session_id: str) -> FileList:
         session = manager.get(session_id, caller)
         found = await anyio.to_thread.run_sync(manager.workspaces.listing, session.workspace_dir)
-        return FileList(files=[FileInfo(path=path, size=size) for path, size in found])
+        return FileList(files=[file_info(path, size) for path, size in found])
 
     @app.get(
-        "/v1/sessions/{session_id}/files/{path:path}",
+        "/v1/sessions/{session_id}/files/{path:file}",
         tags=["files"],
         responses={**error_responses, 200: {"content": {"application/octet-stream": {}}}},
     )
-    async def download(caller: Tenant, session_id: str, path: str) -> Response:
+    async def download(caller: Tenant, session_id: str, path: str, request: Request) -> Response:
         session = manager.get(session_id, caller)
         try:
             data = await anyio.to_thread.run_sync(
-                manager.workspaces.read, session.workspace_dir, path, settings.max_upload_bytes * 4
+                manager.workspaces.read, session.workspace_dir, file_path(request, path), settings.max_upload_bytes * 4
             )
         except WorkspaceError as exc:
             raise FileProblem(str(exc)) from exc
         return Response(data, media_type="application/octet-stream")
 
-    @app.put("/v1/sessions/{session_id}/files/{path:path}", status_code=201, tags=["files"], responses=error_responses)
+    @app.put("/v1/sessions/{session_id}/files/{path:file}", status_code=201, tags=["files"], responses=error_responses)
     async def upload(caller: Tenant, session_id: str, path: str, request: Request) -> FileInfo:
         session = manager.get(session_id, caller)
         body = bytearray()
@@ -546,19 +674,20 @@ def create_app(
             body += chunk
             if len(body) > settings.max_upload_bytes:
                 raise BadRequest(f"the file is larger than {settings.max_upload_bytes} bytes", status=413)
+        relative = file_path(request, path)
         try:
-            await anyio.to_thread.run_sync(manager.workspaces.write, session.workspace_dir, path, bytes(body))
+            await anyio.to_thread.run_sync(manager.workspaces.write, session.workspace_dir, relative, bytes(body))
         except WorkspaceError as exc:
             raise FileProblem(str(exc)) from exc
-        return FileInfo(path=path, size=len(body))
+        return file_info(relative, len(body))
 
     @app.delete(
-        "/v1/sessions/{session_id}/files/{path:path}", status_code=204, tags=["files"], responses=error_responses
+        "/v1/sessions/{session_id}/files/{path:file}", status_code=204, tags=["files"], responses=error_responses
     )
-    async def delete_file(caller: Tenant, session_id: str, path: str) -> Response:
+    async def delete_file(caller: Tenant, session_id: str, path: str, request: Request) -> Response:
         session = manager.get(session_id, caller)
         try:
-            await anyio.to_thread.run_sync(manager.workspaces.delete, session.workspace_dir, path)
+            await anyio.to_thread.run_sync(manager.workspaces.delete, session.workspace_dir, file_path(request, path))
         except WorkspaceError as exc:
             raise FileProblem(str(exc)) from exc
         return Response(status_code=204)

@@ -305,6 +305,10 @@ class Settings(BaseSettings):
     """Per-tenant restrictions as JSON: `{"team-a": {"servers": ["crm"], "max_sessions": 4, "policy": {...}}}`."""
     max_upload_bytes: int = 64 * 1024 * 1024
     """Largest file a client may upload into a workspace."""
+    max_json_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest JSON request body (every route but file uploads, `/mcp` included), counted as it arrives: 413."""
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    """Seconds of silence after which an event stream sends a `: keepalive` comment, so idle proxies keep it open."""
     policy: Policy = Policy()
     """Server-wide tool-call policy and quotas; a session may ask for a stricter one, never a looser one."""
     audit_log: Path | None = None

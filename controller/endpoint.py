@@ -216,7 +216,12 @@ def mcp_server(manager: SessionManager, tenants: Tenants, tenant_of: TenantOf, r
         if timeout_s is not None and timeout_s > settings.max_timeout_s:
             raise ToolError(f"timeout_s must be at most {settings.max_timeout_s}")
         if session_id is not None:
-            request = {"code": code, "timeout_s": timeout_s, "max_output_tokens": max_output_tokens}
+            request = {
+                "code": code,
+                "language": language,
+                "timeout_s": timeout_s,
+                "max_output_tokens": max_output_tokens,
+            }
             content = json.dumps({key: value for key, value in request.items() if value is not None}).encode()
             answer = await tenancy.on_owner(ctx, session_id, "POST", "/executions", content)
             if answer is not None:

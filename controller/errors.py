@@ -13,6 +13,7 @@ MCPXError
 ├── SessionError
 │   ├── SessionNotFound         unknown (or another tenant's) session id
 │   ├── SessionLimitReached     the controller runs its maximum number of sessions
+│   ├── ShuttingDown            the controller is draining: it starts no session
 │   └── LanguageUnavailable     the sandbox image has no runtime for the execution's language
 └── ReplicaError                another replica owns the session and cannot serve it from here
     ├── ReplicaUnavailable      the owner did not answer (gone, restarting, unreachable)
@@ -101,6 +102,10 @@ class SessionLimitReached(SessionError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the controller runs its maximum of {limit} sessions")
         self.limit = limit
+
+
+class ShuttingDown(SessionError):
+    """The controller is draining at shutdown and starts no new session."""
 
 
 class LanguageUnavailable(SessionError):

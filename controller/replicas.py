@@ -30,7 +30,7 @@ from controller.sessions import owner_of
 
 Problem = Callable[[MCPXError], Response]
 HOP_HEADER = "x-mcpx-forwarded-by"
-SESSION_PATH = re.compile(r"/v1/sessions/([^/]+)(?:/.*)?")
+SESSION_PATH = re.compile(r"/v1/sessions/([^/]+)(?:/.*)?", re.DOTALL)  # a file name may hold a newline
 SIBLING = re.compile(r"(.+)-(0|[1-9][0-9]{0,3})")
 # Headers of one connection (RFC 9110 section 7.6.1) and the one httpx derives from the URL: never passed on.
 HOP_BY_HOP = frozenset(

@@ -41,6 +41,7 @@ from controller.errors import (
     SandboxStartTimeout,
     SessionLimitReached,
     SessionNotFound,
+    ShuttingDown,
     UnknownServers,
     WorkspaceError,
 )
@@ -307,6 +308,7 @@ class SessionManager:
         self._refill = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
         self.sessions: dict[str, Session] = {}
+        self.draining = False  # set once at shutdown: sessions end, none start
         uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
         self.workspaces = Workspaces(settings.workspace_size_mb, uid, gid)
         self.runtimes: set[str] = set()
@@ -436,7 +438,8 @@ class SessionManager:
 
     async def close(self) -> None:
         """Let running executions finish (up to `drain_timeout_s`), then remove every sandbox, or leave the
-        sessions' sandboxes to the next start under `handover`."""
+        sessions' sandboxes to the next start under `handover`. New sessions are refused from the start."""
+        self.draining = True
         for task in (self._reaper, self._keeper, self._filler):
             if task is not None:
                 task.cancel()
@@ -486,11 +489,14 @@ class SessionManager:
         when the pool has one.
 
         Raises:
+            ShuttingDown: the controller is draining.
             SessionLimitReached: too many sessions.
             UnknownServers: the allowlist names a server that is not configured.
             GVisorRequired: a runtime other than runsc was asked for under `require_gvisor`.
             SandboxError, RuntimeUnavailable: the sandbox could not be started.
         """
+        if self.draining:
+            raise ShuttingDown("the controller is shutting down: start the session on another replica, or retry")
         # Creations under way count too: a burst of concurrent requests cannot pass the limits between awaits.
         if len(self.sessions) + len(self._creating) >= self.settings.max_sessions:
             raise SessionLimitReached(self.settings.max_sessions)

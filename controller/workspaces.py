@@ -7,28 +7,38 @@ are plain directories and the cap is not enforced; `Workspaces.capped` says whic
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+
+import anyio.to_thread
 
 from controller.errors import WorkspaceError
 
 logger = logging.getLogger(__name__)
 
 
+def finished(command: tuple[str, ...]) -> tuple[int, bytes]:
+    """Run a program to its end: its exit status and output."""
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    return done.returncode, done.stdout
+
+
 async def run(*command: str) -> None:
-    """Raises: WorkspaceError."""
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    output, _ = await process.communicate()
-    if process.returncode != 0:
-        raise WorkspaceError(f"{command[0]} failed ({process.returncode}): {output.decode(errors='replace').strip()}")
+    """Run a program to its end. Raises: WorkspaceError (it failed).
+
+    From a worker thread, where `subprocess` uses vfork: the event loop's own way forks the whole controller (hundreds
+    of MiB of page tables) and waits for the child's exec, which under a burst of session creations held every other
+    request, refusals included, for seconds.
+    """
+    status, output = await anyio.to_thread.run_sync(finished, command)
+    if status != 0:
+        raise WorkspaceError(f"{command[0]} failed ({status}): {output.decode(errors='replace').strip()}")
 
 
 def mounts_under(root: Path) -> list[Path]:
@@ -132,11 +142,15 @@ class Workspaces:
 
     @staticmethod
     def listing(directory: Path, limit: int = 10_000) -> list[tuple[str, int]]:
-        """Regular files below the workspace with their sizes; symlinks are neither followed nor listed."""
+        """Regular files below the workspace with their sizes; symlinks are neither followed nor listed. Names are
+        as the file system has them: bytes that are not UTF-8 as surrogate escapes (`os.fsencode` restores them)."""
         found: list[tuple[str, int]] = []
         for root, _dirs, files, root_fd in os.fwalk(directory, follow_symlinks=False):
             for name in files:
-                info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                try:
+                    info = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+                except FileNotFoundError:  # the code removed it meanwhile
+                    continue
                 if stat.S_ISREG(info.st_mode):
                     found.append((os.path.relpath(os.path.join(root, name), directory), info.st_size))
                     if len(found) >= limit:

@@ -21,6 +21,7 @@ import uvicorn
 
 from controller.api import create_app
 from controller.config import Limits, Settings
+from controller.runtime import SandboxBackend
 from controller.serving import server_config
 from controller.telemetry import Telemetry
 from controller.workspaces import mounts_under
@@ -74,8 +75,10 @@ async def wait_until_async(predicate: Callable[[], bool], timeout_s: float, what
 class LiveServer:
     """uvicorn in a thread: the same app `mcpx serve` runs, on a free loopback port."""
 
-    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
-        app = create_app(settings, telemetry=telemetry)
+    def __init__(
+        self, settings: Settings, telemetry: Telemetry | None = None, backend: SandboxBackend | None = None
+    ) -> None:
+        app = create_app(settings, backend, telemetry)
         config = server_config(app, settings, log_level="warning")  # as `mcpx serve` runs it
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

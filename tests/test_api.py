@@ -5,10 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -16,9 +22,21 @@ import pytest
 from controller.api import create_app
 from controller.config import Settings
 from controller.errors import ConfigError
-from tests.conftest import LiveServer, SessionFactory, execute, make_settings, wait_until
+from controller.sessions import session_directory
+from tests.conftest import (
+    IMAGE,
+    ROOT,
+    TIME_SERVER,
+    LiveServer,
+    SessionFactory,
+    execute,
+    free_port,
+    make_settings,
+    wait_until,
+)
 
 ALPHA, BETA = "alpha-key-0123456789abcdef", "beta-key-fedcba9876543210"
+KEEPALIVE_S = 0.2
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +48,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, servers_file: Path) -> Itera
         controller_id=f"keyed{id(servers_file) % 10000}",
         api_keys=f"alpha:{ALPHA},beta:{BETA}",
         tenants={"beta": {"servers": ["time"], "max_sessions": 1}},
+        sse_keepalive_s=KEEPALIVE_S,
     )
     with LiveServer(settings) as live:
         yield live, settings
@@ -120,7 +139,7 @@ def test_files_round_trip_binary_content_and_unicode_names(api: httpx.Client, ne
     path = "données/über ☃.bin"
     uploaded = api.put(f"/v1/sessions/{session}/files/{path}", content=data)
     assert uploaded.status_code == 201
-    assert uploaded.json() == {"path": path, "size": len(data)}
+    assert uploaded.json() == {"path": path, "url_path": quote(path.encode()), "size": len(data)}
     digest = execute(
         api, session, f"import hashlib\nhashlib.sha256(open('/workspace/{path}', 'rb').read()).hexdigest()"
     )
@@ -132,6 +151,48 @@ def test_files_round_trip_binary_content_and_unicode_names(api: httpx.Client, ne
     assert api.get(f"/v1/sessions/{session}/files/{path}").content == data
     assert api.delete(f"/v1/sessions/{session}/files/{path}").status_code == 204
     assert execute(api, session, f"import os\nos.path.exists('/workspace/{path}')")["result"] is False
+
+
+# Names the code can give files that a URL or JSON cannot carry as they are.
+ODD_NAMES = [
+    b"bad\xff\xfe.bin",  # not UTF-8
+    b"\xc3(.txt",  # a cut multi-byte sequence
+    b"\xed\xa0\x80.txt",  # a UTF-16 surrogate encoded as UTF-8
+    b"line\nbreak.txt",
+    b"tab\tbell\x07esc\x1bdel\x7f.txt",
+    b"\r",
+    b"L" * 255,  # the longest name ext4 allows
+    "é".encode() * 127,
+    b"100%41 ?#&+.txt",  # URL syntax, and a percent-escape that is part of the name
+    b"dir\xff/inner\n.txt",  # in a directory whose name is not UTF-8
+]
+
+
+def test_files_with_odd_names_are_listed_and_reached_by_their_url_path(api: httpx.Client, new_session: SessionFactory):
+    session = new_session()
+    make = "import os\nfor name in names:\n    os.makedirs(os.path.dirname(b'/workspace/' + name), exist_ok=True)\n"
+    make += "    open(b'/workspace/' + name, 'wb').write(name)"
+    execute(api, session, f"names = {ODD_NAMES!r}\n{make}")
+    listing = api.get(f"/v1/sessions/{session}/files")
+    assert listing.status_code == 200, listing.text
+    files = {entry["url_path"]: entry for entry in listing.json()["files"]}
+    assert set(files) == {quote(name, safe="/") for name in ODD_NAMES}
+    for name in ODD_NAMES:
+        entry = files[quote(name, safe="/")]
+        assert (entry["path"], entry["size"]) == (name.decode(errors="replace"), len(name))
+        url = f"/v1/sessions/{session}/files/{entry['url_path']}"
+        assert api.get(url).content == name, name
+        assert api.delete(url).status_code == 204, name
+        assert api.get(url).status_code == 404, name
+    assert api.get(f"/v1/sessions/{session}/files").json()["files"] == []
+    # Uploads take the same paths, and answer with them.
+    uploaded = api.put(f"/v1/sessions/{session}/files/{quote(ODD_NAMES[0])}", content=b"up")
+    assert uploaded.json() == {
+        "path": ODD_NAMES[0].decode(errors="replace"),
+        "url_path": quote(ODD_NAMES[0]),
+        "size": 2,
+    }
+    assert execute(api, session, f"open({b'/workspace/' + ODD_NAMES[0]!r}, 'rb').read()")["result"] == "b'up'"
 
 
 @pytest.mark.parametrize("path", ["../escape.txt", "a/../../escape.txt", "%2e%2e/escape.txt", "a/%2e%2e/%2e%2e/x"])
@@ -213,3 +274,80 @@ def test_a_client_that_disconnects_stops_the_execution(api: httpx.Client, new_se
 
     wait_until(stopped, 20, "the disconnected execution to stop")
     assert reached[-1] < 99
+
+
+def test_a_silent_stream_sends_keepalive_comments_until_its_result(alpha: httpx.Client, alpha_session: str):
+    # Sleeping many keep-alive intervals, printing nothing: only comments can cross the silence.
+    code = f"import time\ntime.sleep({KEEPALIVE_S * 8})\n'done'"
+    with alpha.stream("POST", f"/v1/sessions/{alpha_session}/executions", json={"code": code},
+                      headers={"accept": "text/event-stream"}) as response:  # fmt: skip
+        lines = [line for line in response.iter_lines() if line]
+    ending = lines.index("event: result")
+    assert ending >= 2 and set(lines[:ending]) == {": keepalive"}, lines
+    assert json.loads(lines[ending + 1].removeprefix("data: "))["result"] == "done"
+    assert lines[ending + 2 :] == []
+
+
+def test_a_create_read_during_a_sigterm_drain_is_refused_while_the_running_execution_finishes(tmp_path: Path):
+    """A real drain: `mcpx serve` gets SIGTERM while an execution runs and a create request is half read."""
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
+    port = free_port()
+    environment = {
+        **os.environ,
+        "MCPX_STATE_DIR": str(tmp_path / "state"),
+        "MCPX_CONTROLLER_ID": f"drain{os.getpid()}",
+        "MCPX_IMAGE": IMAGE,
+        "MCPX_PORT": str(port),
+        "MCPX_WARM_POOL_SIZE": "0",
+        "MCPX_WORKSPACE_SIZE_MB": "32",
+        "MCPX_DRAIN_TIMEOUT_S": "120",
+    }
+    serve = ROOT / ".venv" / "bin" / "mcpx"
+    process = subprocess.Popen([str(serve), "serve", "--config", str(servers)], env=environment, cwd=ROOT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as api:
+
+            def accepting() -> bool:
+                with socket.socket() as probe:
+                    return probe.connect_ex(("127.0.0.1", port)) == 0
+
+            wait_until(lambda: process.poll() is None and accepting(), 120, "mcpx serve to listen")
+            session = api.post("/v1/sessions", json={"runtime": "runc"}).json()["id"]
+            go = session_directory(tmp_path / "state" / "sessions", session) / "workspace" / "go"
+            finished: dict[str, httpx.Response] = {}
+            # Runs until the test lets it end, by a file it waits for.
+            code = "import os, time\nwhile not os.path.exists('/workspace/go'):\n    time.sleep(0.05)\n'finished'"
+
+            def run() -> None:
+                with httpx.Client(base_url=api.base_url, timeout=120) as client:
+                    finished["response"] = client.post(f"/v1/sessions/{session}/executions", json={"code": code})
+
+            running = threading.Thread(target=run)
+            running.start()
+            wait_until(lambda: api.get(f"/v1/sessions/{session}").json()["state"] == "busy", 30, "the execution")
+            body = json.dumps({"runtime": "runc"}).encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=120) as held:
+                held.sendall(
+                    b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+                )
+                assert held.recv(64).startswith(b"HTTP/1.1 100"), "the app did not start reading the request"
+                process.send_signal(signal.SIGTERM)
+                wait_until(lambda: not accepting(), 30, "the server to stop accepting connections")
+                held.sendall(body)
+                answer = b""
+                while b"}" not in answer:
+                    answer += held.recv(4096)
+            status = int(answer.split(b" ")[1])
+            problem = json.loads(answer[answer.index(b"\r\n\r\n") + 4 :])
+            assert (status, problem["error"]) == (503, "shutting_down"), answer
+            go.write_text("")
+            running.join(timeout=120)
+            assert finished["response"].status_code == 200
+            assert finished["response"].json()["result"] == "finished"
+        assert process.wait(timeout=120) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -26,6 +27,7 @@ from tests.conftest import TIME_SERVER, LiveServer, free_port, make_settings
 
 ALPHA, BETA = "alpha-key-replicas-0123456789", "beta-key-replicas-9876543210"
 TOOL_CALL = "from servers.time import get_current_time\nget_current_time(timezone='UTC')['timezone']"
+KEEPALIVE_S = 0.2
 
 
 @pytest.fixture
@@ -110,6 +112,7 @@ def replica_settings(directory: Path, servers: Path, name: str, ports: dict[str,
         api_keys=f"alpha:{ALPHA},beta:{BETA}",
         peers={other: f"http://127.0.0.1:{port}" for other, port in ports.items() if other != name},
         forward_connect_timeout_s=1.0,
+        sse_keepalive_s=KEEPALIVE_S,
     )
 
 
@@ -170,6 +173,12 @@ def test_sessions_made_through_either_replica_are_usable_through_both(
         assert other.get(f"/v1/sessions/{session_id}/files/out.txt").content == b"from set through the other replica"
         assert {f["path"] for f in other.get(f"/v1/sessions/{session_id}/files").json()["files"]} >= {"out.txt"}
         assert other.delete(f"/v1/sessions/{session_id}/files/out.txt").status_code == 204
+        # A name that is neither UTF-8 nor one line reaches the owner byte for byte.
+        odd = quote(b"odd\xff\n.bin")
+        assert other.put(f"/v1/sessions/{session_id}/files/{odd}", content=b"odd").json()["url_path"] == odd
+        assert odd in {f["url_path"] for f in creator.get(f"/v1/sessions/{session_id}/files").json()["files"]}
+        assert other.get(f"/v1/sessions/{session_id}/files/{odd}").content == b"odd"
+        assert other.delete(f"/v1/sessions/{session_id}/files/{odd}").status_code == 204
         # Another tenant's key is passed on as is: the owner refuses it exactly as for its own clients.
         stranger = other.get(f"/v1/sessions/{session_id}", headers=headers(BETA))
         assert (stranger.status_code, stranger.json()["error"]) == (404, "session_not_found")
@@ -208,6 +217,23 @@ def test_a_stream_through_a_non_owner_delivers_every_event(clients: tuple[httpx.
     assert kinds[-1] == "result" and "tool_call" in kinds, kinds
     assert "".join(data["text"] for kind, data in events if kind == "output").count("tick") == 3
     assert events[-1][1]["result"] == "UTC"
+    assert a.delete(f"/v1/sessions/{session_id}").status_code == 204
+
+
+@pytest.mark.docker
+def test_a_silent_stream_through_a_non_owner_keeps_its_keepalive_comments(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    a, b = clients
+    session_id = create(a)
+    code = f"import time\ntime.sleep({KEEPALIVE_S * 8})\n'done'"
+    with b.stream(
+        "POST", f"/v1/sessions/{session_id}/executions", json={"code": code}, headers={"accept": "text/event-stream"}
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    ending = lines.index("event: result")
+    assert ending >= 2 and set(lines[:ending]) == {": keepalive"}, lines
+    assert json.loads(lines[ending + 1].removeprefix("data: "))["result"] == "done"
     assert a.delete(f"/v1/sessions/{session_id}").status_code == 204
 
 
@@ -282,6 +308,11 @@ async def test_mcp_tools_work_on_sessions_of_another_replica(
             assert json.loads(text)["result"] == "héllo!" and json.loads(text)["session_id"] == session_id
             failed, text = await tool(b, "execute_code", session_id=session_id, code=TOOL_CALL)
             assert json.loads(text)["tool_calls"][0]["tool"] == "get_current_time"
+            # The language travels with the forwarded call: valid TypeScript, a syntax error in Python.
+            typed = "const answer: number = 6 * 7;\nanswer"
+            for language, expected in (("typescript", 42), ("python", None)):
+                failed, text = await tool(b, "execute_code", session_id=session_id, code=typed, language=language)
+                assert not failed and json.loads(text)["result"] == expected, (language, text)
             failed, text = await tool(b, "read_file", session_id=session_id, path="n.txt")
             assert not failed and json.loads(text)["content"] == "héllo", text
             failed, text = await tool(b, "read_file", session_id=session_id, path="../etc/passwd")

@@ -11,13 +11,16 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import docker
 import httpx
 import pytest
 
 from controller.config import Settings
+from controller.runtime import DockerBackend, SandboxSpec
 from controller.sessions import session_directory
 from tests.conftest import ROOT, TIME_SERVER, LiveServer, SessionFactory, execute, make_settings, wait_until
 
@@ -36,10 +39,17 @@ def test_a_10_mb_program_gets_413_with_a_reason_and_never_runs(
     api: httpx.Client, new_session: SessionFactory, settings: Settings
 ):
     session = new_session(runtime="runc")
-    program = "open('/workspace/ran', 'w')\n" + "#" * 10**7
-    response = api.post(f"/v1/sessions/{session}/executions", json={"code": program})
-    assert response.status_code == 413
-    assert response.json() == {"error": "bad_request", "detail": f"code is larger than {settings.max_code_bytes} bytes"}
+    # Over the code limit, within the body limit: the route refuses it; over both: refused before it is parsed.
+    code_limit = f"code is larger than {settings.max_code_bytes} bytes"
+    body_limit = f"the request body is larger than {settings.max_json_bytes} bytes"
+    for size, refusal in (
+        (settings.max_code_bytes + 1, {"error": "bad_request", "detail": code_limit}),
+        (10**7, {"error": "request_too_large", "detail": body_limit}),
+    ):
+        program = "open('/workspace/ran', 'w')\n"
+        program += "#" * (size - len(program))
+        response = api.post(f"/v1/sessions/{session}/executions", json={"code": program})
+        assert (response.status_code, response.json()) == (413, refusal)
     assert executions(api, session) == 0
 
 
@@ -230,6 +240,9 @@ def test_an_oversized_request_line_gets_a_4xx(settings: Settings):
     assert status.split(b" ")[1].startswith(b"4"), status
 
 
+SMALL_JSON_LIMIT = 4096
+
+
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A controller that allows two sessions, with three quick servers (eight distinct allowlists)."""
@@ -240,7 +253,11 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
     servers = directory / "servers.json"
     servers.write_text(json.dumps({"mcpServers": config}))
     settings = make_settings(
-        directory / "state", servers_file=servers, max_sessions=2, controller_id=f"small{os.getpid()}"
+        directory / "state",
+        servers_file=servers,
+        max_sessions=2,
+        controller_id=f"small{os.getpid()}",
+        max_json_bytes=SMALL_JSON_LIMIT,
     )
     with LiveServer(settings) as live:
         yield live
@@ -312,3 +329,99 @@ def test_deleting_a_session_during_an_execution_ends_it_without_a_5xx_or_a_lefto
     finally:
         for leftover in docker_client.containers.list(all=True, filters={"label": label}):
             leftover.remove(force=True)
+
+
+def padded(document: dict[str, Any], size: int) -> bytes:
+    """`document` as JSON of exactly `size` bytes (whitespace is valid JSON)."""
+    body = json.dumps(document).encode()
+    return body + b" " * (size - len(body))
+
+
+def chunks(body: bytes) -> Iterator[bytes]:
+    """A body httpx sends chunked, without a Content-Length."""
+    for start in range(0, len(body), 1000):
+        yield body[start : start + 1000]
+
+
+@pytest.mark.parametrize("framing", ["declared", "chunked"])
+def test_a_json_body_over_the_limit_gets_413_on_every_route_before_it_is_parsed(
+    small_server: LiveServer, docker_client: docker.DockerClient, framing: str
+):
+    label = f"mcpx.controller=small{os.getpid()}"
+    with httpx.Client(base_url=small_server.url, timeout=120) as client:
+        session = client.post(SESSION, json={"runtime": "runc"}).json()["id"]
+        try:
+            before = len(sandboxes(docker_client, label))
+            mcp = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            mcp_headers = {"accept": "application/json, text/event-stream", **JSON}
+            for route, document, headers in (
+                (SESSION, {"runtime": "runc"}, JSON),
+                (f"{SESSION}/{session}/executions", {"code": "open('/workspace/ran', 'w')"}, JSON),
+                ("/mcp", mcp, mcp_headers),
+            ):
+                # Over the limit, whether it parses or not: refused before anything reads it as JSON.
+                for body in (padded(document, SMALL_JSON_LIMIT + 1), b"{" * (SMALL_JSON_LIMIT * 4)):
+                    content = chunks(body) if framing == "chunked" else body
+                    response = client.post(route, content=content, headers=headers)
+                    assert response.status_code == 413, (route, response.text)
+                    assert response.json() == {
+                        "error": "request_too_large",
+                        "detail": f"the request body is larger than {SMALL_JSON_LIMIT} bytes",
+                    }
+            assert len(sandboxes(docker_client, label)) == before
+            assert executions(client, session) == 0
+            # At the limit exactly, a body is served as usual; uploads have their own, larger limit.
+            for size in (SMALL_JSON_LIMIT - 1, SMALL_JSON_LIMIT):
+                body = padded({"code": "6 * 7"}, size)
+                content = chunks(body) if framing == "chunked" else body
+                response = client.post(f"{SESSION}/{session}/executions", content=content, headers=JSON)
+                assert (response.status_code, response.json()["result"]) == (200, 42), response.text
+            upload = client.put(f"{SESSION}/{session}/files/big.bin", content=b"x" * SMALL_JSON_LIMIT * 4)
+            assert upload.status_code == 201, upload.text
+        finally:
+            client.delete(f"{SESSION}/{session}")
+
+
+class HeldBoots(DockerBackend):
+    """The real engine, with every sandbox start held at a gate the test opens: creations stay in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+        self.gate = threading.Event()
+
+    async def start(self, spec: SandboxSpec) -> str:
+        self.held += 1
+        await anyio.to_thread.run_sync(self.gate.wait)
+        return await super().start(spec)
+
+
+def test_a_create_over_the_limit_is_refused_before_any_create_in_flight_completes(tmp_path: Path):
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
+    settings = make_settings(
+        tmp_path / "state", servers_file=servers, max_sessions=2, controller_id=f"held{os.getpid()}"
+    )
+    boots = HeldBoots()
+    completed: list[httpx.Response] = []
+    with LiveServer(settings, backend=boots) as live, httpx.Client(base_url=live.url, timeout=120) as client:
+
+        def create() -> None:
+            completed.append(client.post(SESSION, json={"runtime": "runc"}))
+
+        in_flight = [threading.Thread(target=create) for _ in range(2)]
+        try:
+            for thread in in_flight:
+                thread.start()
+            wait_until(lambda: boots.held == 2, 60, "two creations to reach their sandbox's start")
+            for _ in range(3):
+                refused = client.post(SESSION, json={"runtime": "runc"})
+                assert (refused.status_code, refused.json()["error"]) == (429, "session_limit_reached")
+            assert completed == [] and boots.held == 2  # the refusals did no work and waited for none
+        finally:
+            boots.gate.set()
+            for thread in in_flight:
+                thread.join(timeout=120)
+        assert sorted(response.status_code for response in completed) == [201, 201]
+        for response in completed:
+            client.delete(f"{SESSION}/{response.json()['id']}")
