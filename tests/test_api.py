@@ -288,6 +288,7 @@ def test_a_silent_stream_sends_keepalive_comments_until_its_result(alpha: httpx.
     assert lines[ending + 2 :] == []
 
 
+@pytest.mark.docker
 def test_a_create_read_during_a_sigterm_drain_is_refused_while_the_running_execution_finishes(tmp_path: Path):
     """A real drain: `mcpx serve` gets SIGTERM while an execution runs and a create request is half read."""
     servers = tmp_path / "servers.json"
