@@ -868,6 +868,10 @@ class SessionManager:
             raise PolicyRefusal("quota", f"at most {policy.max_tool_calls} tool calls per session")
         if session.calls_in_flight >= policy.max_concurrent_tool_calls:
             raise PolicyRefusal("quota", f"at most {policy.max_concurrent_tool_calls} tool calls at once")
+        if session.result_bytes >= policy.max_result_bytes_per_execution:
+            # Spent: the next call's answer could only be withheld, and its side effects would have happened.
+            limit = policy.max_result_bytes_per_execution
+            raise PolicyRefusal("quota", f"this execution has received its {limit} bytes of tool results")
 
     def _refused(self, session: Session, kind: str, reason: str, where: dict[str, str]) -> None:
         self.audit.record("policy.refused", session=session.id, trace=session.trace, kind=kind, reason=reason[:500],
