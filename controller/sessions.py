@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller import discovery, shaping, stubgen, tsstubs
 from controller.anomalies import Anomaly, Detector
-from controller.audit import AuditLog
+from controller.audit import AuditLog, Repeats
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
 from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import REPLICA_NAME, Limits, Settings
@@ -72,6 +72,8 @@ NO_LANGUAGE_RUNTIME = -32010
 HUNG_MARGIN_S = 5.0
 # How long a crashed execution waits for the engine to report an OOM kill that explains it.
 OOM_EVENT_WAIT_S = 2.0
+# Bridge violations of one session are audited one line at once, then one summary line per this window.
+VIOLATION_WINDOW_S = 10.0
 
 
 class ExecutionError(BaseModel):
@@ -250,6 +252,7 @@ class SessionManager:
         self.anomalies = Detector(settings.anomalies)
         self.tokens = tokens
         self.ledger = Ledger(tokens, telemetry, audit)
+        self.violations = Repeats(audit, VIOLATION_WINDOW_S)
         self.backend = backend
         self.catalog = catalog
         self.secrets = secrets
@@ -489,7 +492,10 @@ class SessionManager:
     ) -> Session:
         """A session object wired to its bridge; nothing started yet."""
         directory = session_directory(self.sessions_dir, session_id)
-        bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
+        bridge = Bridge(
+            directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id,
+            idle_timeout_s=self.settings.bridge_idle_timeout_s, max_violations=self.settings.bridge_max_violations,
+        )  # fmt: skip
         session = Session(session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir, policy)
         bridge.on_notification = session.on_notification
         bridge.on_violation = functools.partial(self._on_violation, session)
@@ -558,6 +564,7 @@ class SessionManager:
                 await self._remove(session.container_id)
         finally:
             await session.bridge.close()
+            self.violations.flush(session.id)
             await self.workspaces.remove(session.workspace_dir)
             shutil.rmtree(session.directory, ignore_errors=True)
 
@@ -889,7 +896,7 @@ class SessionManager:
             self.telemetry.anomaly(anomaly.kind)
 
     def _on_violation(self, session: Session, what: str) -> None:
-        self.audit.record("bridge.violation", session=session.id, trace=session.trace or None, what=what)
+        self.violations.record(session.id, "bridge.violation", what, session=session.id, trace=session.trace or None)
 
     def _runtime_environment(self) -> dict[str, str]:
         """The sandbox runtime's knobs; nothing secret ever goes here."""

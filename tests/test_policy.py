@@ -112,7 +112,11 @@ def test_once_the_result_bytes_quota_is_spent_the_next_call_never_reaches_the_se
     outcomes: list[str],
     received: list[str],
 ):
-    calibration = execute(api, new_session(servers=["hostile"]), "from mcpx_runtime.tools import call_tool\ncall_tool('hostile', 'my-tool', {})")
+    calibration = execute(
+        api,
+        new_session(servers=["hostile"]),
+        "from mcpx_runtime.tools import call_tool\ncall_tool('hostile', 'my-tool', {})",
+    )
     size = calibration["tool_calls"][0]["bytes"]  # my-tool and my_tool answer alike: the same size
     session = new_session(servers=["hostile"], policy={"max_result_bytes_per_execution": size + slack})
     before = len(hostile_log.read_text().splitlines())
