@@ -198,6 +198,8 @@ class Bridge:
         await self._write(writer, encode(message))
 
     async def _write(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
+        if writer.is_closing():  # uvloop raises RuntimeError on a write to a closed transport
+            raise BridgeClosed(f"the sandbox of {self.label} went away")
         try:
             writer.write(frame)
             await writer.drain()

@@ -45,8 +45,9 @@ from controller.errors import (
     WorkspaceError,
 )
 from controller.ledger import EventListener, Ledger, ToolCall
-from controller.policy import Policy, PolicyRefusal, check_call, denied_imports, redact
+from controller.policy import Policy, PolicyRefusal, check_call, denied_imports
 from controller.recovery import SessionRecord, read_record, write_record
+from controller.redaction import redact
 from controller.runtime import (
     SANDBOX_USER,
     SOCKET_MOUNT,
