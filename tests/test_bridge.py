@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 
-from controller.bridge import MAX_CALL_CONNECTIONS, MAX_SPARSE_IDS, Bridge, RemoteError, UsedIds
+from controller.bridge import MAX_CALL_CONNECTIONS, MAX_IN_FLIGHT, MAX_SPARSE_IDS, Bridge, RemoteError, UsedIds
 from controller.errors import BridgeClosed, BridgeTimeout
 
 pytestmark = pytest.mark.anyio
@@ -396,3 +396,33 @@ async def test_a_flooding_session_leaves_the_loop_to_a_quiet_one_while_its_frame
     finally:
         await noisy.close()
         await quiet.close()
+
+
+async def test_a_session_runs_at_most_max_in_flight_requests_and_its_socket_waits_while_others_are_served(
+    tmp_path: Path, counting: tuple[Bridge, collections.Counter[str], asyncio.Event]
+):
+    bridge, handled, release = counting
+    await connected(bridge)
+    caller = await Peer.connect(bridge)
+    extra = 10
+    caller.writer.write(b"".join(request(n, "wait") for n in range(1, MAX_IN_FLIGHT + extra + 1)))
+    with anyio.fail_after(10):
+        while handled["wait"] < MAX_IN_FLIGHT:  # noqa: ASYNC110 - the handler's count is what is under test
+            await asyncio.sleep(0.01)
+
+    async def on_request(method: str, params: dict[str, Any]) -> Any:
+        return params
+
+    other = Bridge(tmp_path / "o.sock", max_frame=MAX_FRAME, on_request=on_request)
+    await other.start()
+    try:
+        neighbour = await connected(other)
+        await neighbour.send(request(1))
+        assert (await neighbour.receive())["id"] == 1
+    finally:
+        await other.close()
+    assert handled["wait"] == MAX_IN_FLIGHT  # the rest still wait, unread, while another session was served
+    release.set()
+    answered = [await caller.receive() for _ in range(MAX_IN_FLIGHT + extra)]
+    assert sorted(reply["id"] for reply in answered) == list(range(1, MAX_IN_FLIGHT + extra + 1))
+    assert handled["wait"] == MAX_IN_FLIGHT + extra
