@@ -301,16 +301,21 @@ async def test_a_request_id_that_is_not_an_integer_is_refused_unhandled(
     assert handled == {}
 
 
-async def test_a_frame_left_unfinished_closes_its_connection_and_is_audited(
-    counting: tuple[Bridge, collections.Counter[str], asyncio.Event],
-):
-    bridge, _, _ = counting
+async def supervisor_and_caller(bridge: Bridge) -> tuple[list[str], Peer, Peer]:
+    """The violations the bridge reports from now on, its control connection, and a call connection that called."""
     seen: list[str] = []
     bridge.on_violation = seen.append
     control = await connected(bridge)
     caller = await Peer.connect(bridge)
     await caller.send(request(1))
     assert (await caller.receive())["id"] == 1
+    return seen, control, caller
+
+
+async def test_a_frame_left_unfinished_closes_its_connection_and_is_audited(
+    counting: tuple[Bridge, collections.Counter[str], asyncio.Event],
+):
+    seen, control, caller = await supervisor_and_caller(counting[0])
     await caller.send(request(2)[:20])
     assert await caller.closed()
     await control.send(b'{"jsonrpc":"2.0","id":1,"method"')
@@ -321,14 +326,8 @@ async def test_a_frame_left_unfinished_closes_its_connection_and_is_audited(
 async def test_a_call_connection_that_sends_nothing_is_closed_while_the_quiet_supervisor_and_a_caller_stay(
     counting: tuple[Bridge, collections.Counter[str], asyncio.Event],
 ):
-    bridge, _, _ = counting
-    seen: list[str] = []
-    bridge.on_violation = seen.append
-    control = await connected(bridge)
-    caller = await Peer.connect(bridge)
-    await caller.send(request(1))
-    assert (await caller.receive())["id"] == 1
-    silent = await Peer.connect(bridge)
+    seen, control, caller = await supervisor_and_caller(counting[0])
+    silent = await Peer.connect(counting[0])
     assert await silent.closed()
     assert seen == ["a call connection that sent no frame for 0.3 s; connection closed"]
     # Opened before the silent one, both outlived its timeout: the supervisor and a caller between calls may idle.

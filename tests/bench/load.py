@@ -241,16 +241,14 @@ async def quiet_calls(api: httpx.AsyncClient, sessions: list[str], outcome: Outc
 async def noisy(api: httpx.AsyncClient, session_id: str, started: asyncio.Event, outcome: Outcome) -> None:
     """The noisy neighbour's one execution, streamed (so its output crosses the bridge as it is printed)."""
     body = {"code": NOISY_CODE.format(seconds=NOISY_SECONDS), "timeout_s": NOISY_SECONDS + 60}
-    events = 0
+    outcome.noisy = {"events": 0}
     async with api.stream(
         "POST", f"/v1/sessions/{session_id}/executions", json=body, headers={"Accept": "text/event-stream"}
     ) as response:
         async for line in response.aiter_lines():
             if line.startswith("event:"):
-                events += 1
+                outcome.noisy["events"] += 1
                 started.set()
-            if line.startswith("data:") and '"result"' in line and '"lines"' in line:
-                outcome.noisy = {"events": events, "result": line[5:].strip()[:300]}
     started.set()
 
 
@@ -301,7 +299,8 @@ def table(outcome: Outcome) -> str:
             f"alone {summary['quiet_alone_p50_ms'] or 0:.1f} / {summary['quiet_alone_p95_ms'] or 0:.1f} ms, beside a "
             f"noisy session {summary['quiet_beside_noisy_p50_ms'] or 0:.1f} / "
             f"{summary['quiet_beside_noisy_p95_ms'] or 0:.1f} ms ({QUIET_SESSIONS} sessions, "
-            f"{len(outcome.quiet_beside_noisy_ms)} calls)",
+            f"{len(outcome.quiet_beside_noisy_ms)} calls; the noisy one streamed {outcome.noisy.get('events', 0):,} "
+            "events meanwhile)",
         ),
     ]
     return "\n".join(f"{name:<30}{value}" for name, value in rows)
