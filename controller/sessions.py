@@ -383,6 +383,7 @@ class SessionManager:
         if self.settings.handover:
             for session in self.sessions.values():
                 await session.bridge.close()
+                self.violations.flush(session.id)
             self.sessions.clear()
         await asyncio.gather(
             *(self.delete(session_id, "shutdown") for session_id in list(self.sessions)),
