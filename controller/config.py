@@ -269,6 +269,11 @@ class Settings(BaseSettings):
     """Largest code a request may submit."""
     max_frame_bytes: int = 16 * 1024 * 1024
     """Largest single message on a session socket."""
+    bridge_idle_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a frame on a session socket may stay unfinished, and a new call connection may send none, before the
+    connection is closed."""
+    bridge_max_violations: int = Field(default=100, ge=1)
+    """Protocol violations (malformed or unexpected frames) after which a session socket connection is closed."""
     max_output_bytes: int = 4 * 1024 * 1024
     """Captured stdout (and stderr) per execution; past it the middle is dropped, with a marker."""
     kill_grace_s: float = 1.0

@@ -247,21 +247,3 @@ def denied_imports(code: str, denied: frozenset[str]) -> list[str]:
                 names = [node.args[0].value]
         found += [f"line {node.lineno}: {name}" for name in names if name.split(".")[0] in denied]  # type: ignore[attr-defined]
     return found
-
-
-REDACTED = "[redacted]"
-
-
-def redact(value: Any, secrets: frozenset[str]) -> Any:
-    """`value` with every configured secret replaced, in every string at any depth (keys included)."""
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, list):
-        return [redact(item, secrets) for item in value]
-    if isinstance(value, dict):
-        return {redact(key, secrets): redact(item, secrets) for key, item in value.items()}
-    return value

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller import discovery, preflight, shaping, stubgen, tsstubs
 from controller.anomalies import Anomaly, Detector
-from controller.audit import AuditLog
+from controller.audit import AuditLog, Repeats
 from controller.bridge import METHOD_NOT_FOUND, Bridge, RemoteError
 from controller.catalog import Catalog, CatalogSnapshot
 from controller.config import REPLICA_NAME, Limits, Settings
@@ -46,9 +46,10 @@ from controller.errors import (
     WorkspaceError,
 )
 from controller.ledger import EventListener, Ledger, ToolCall
-from controller.policy import Policy, PolicyRefusal, Preflight, check_call, denied_imports, redact
+from controller.policy import Policy, PolicyRefusal, Preflight, check_call, denied_imports
 from controller.preflight import Finding, Reach
 from controller.recovery import SessionRecord, read_record, write_record
+from controller.redaction import redact
 from controller.runtime import (
     SANDBOX_USER,
     SOCKET_MOUNT,
@@ -79,6 +80,8 @@ OOM_EVENT_WAIT_S = 2.0
 # JSON around the parts (keys, escapes) into it.
 CARRIED = {"stdout", "stderr", "result", "error", "tool_calls"}
 FIT_ROUNDS = 8
+# Bridge violations of one session are audited one line at once, then one summary line per this window.
+VIOLATION_WINDOW_S = 10.0
 
 
 class ExecutionError(BaseModel):
@@ -297,6 +300,7 @@ class SessionManager:
         self.anomalies = Detector(settings.anomalies)
         self.tokens = tokens
         self.ledger = Ledger(tokens, telemetry, audit)
+        self.violations = Repeats(audit, VIOLATION_WINDOW_S)
         self.backend = backend
         self.catalog = catalog
         self.secrets = secrets
@@ -456,6 +460,7 @@ class SessionManager:
         if self.settings.handover:
             for session in self.sessions.values():
                 await session.bridge.close()
+                self.violations.flush(session.id)
             self.sessions.clear()
         await asyncio.gather(
             *(self.delete(session_id, "shutdown") for session_id in list(self.sessions)),
@@ -571,7 +576,10 @@ class SessionManager:
     ) -> Session:
         """A session object wired to its bridge; nothing started yet."""
         directory = session_directory(self.sessions_dir, session_id)
-        bridge = Bridge(directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id)
+        bridge = Bridge(
+            directory / "socket" / SOCKET_NAME, max_frame=self.settings.max_frame_bytes, label=session_id,
+            idle_timeout_s=self.settings.bridge_idle_timeout_s, max_violations=self.settings.bridge_max_violations,
+        )  # fmt: skip
         session = Session(session_id, limits, runtime, directory, bridge, datetime.now(UTC), servers, tools_dir, policy)
         bridge.on_notification = session.on_notification
         bridge.on_violation = functools.partial(self._on_violation, session)
@@ -640,6 +648,7 @@ class SessionManager:
                 await self._remove(session.container_id, session.id)
         finally:
             await session.bridge.close()
+            self.violations.flush(session.id)
             await self.workspaces.remove(session.workspace_dir)
             shutil.rmtree(session.directory, ignore_errors=True)
 
@@ -1042,6 +1051,10 @@ class SessionManager:
             raise PolicyRefusal("quota", f"at most {policy.max_tool_calls} tool calls per session")
         if session.calls_in_flight >= policy.max_concurrent_tool_calls:
             raise PolicyRefusal("quota", f"at most {policy.max_concurrent_tool_calls} tool calls at once")
+        if session.result_bytes >= policy.max_result_bytes_per_execution:
+            # Spent: the next call's answer could only be withheld, and its side effects would have happened.
+            limit = policy.max_result_bytes_per_execution
+            raise PolicyRefusal("quota", f"this execution has received its {limit} bytes of tool results")
 
     def _refused(self, session: Session, kind: str, reason: str, where: dict[str, str]) -> None:
         self.audit.record("policy.refused", session=session.id, trace=session.trace, kind=kind, reason=reason[:500],
@@ -1059,7 +1072,7 @@ class SessionManager:
             self.telemetry.anomaly(anomaly.kind)
 
     def _on_violation(self, session: Session, what: str) -> None:
-        self.audit.record("bridge.violation", session=session.id, trace=session.trace or None, what=what)
+        self.violations.record(session.id, "bridge.violation", what, session=session.id, trace=session.trace or None)
 
     def _runtime_environment(self) -> dict[str, str]:
         """The sandbox runtime's knobs; nothing secret ever goes here."""

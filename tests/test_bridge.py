@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -12,12 +13,13 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 
-from controller.bridge import MAX_CALL_CONNECTIONS, Bridge, RemoteError
+from controller.bridge import MAX_CALL_CONNECTIONS, MAX_IN_FLIGHT, MAX_SPARSE_IDS, Bridge, RemoteError, UsedIds
 from controller.errors import BridgeClosed, BridgeTimeout
 from tests.conftest import wait_until_async
 
 pytestmark = pytest.mark.anyio
 MAX_FRAME = 1024
+NOT_AN_OBJECT = "a frame that is not a JSON object"
 
 
 @pytest.fixture
@@ -226,3 +228,199 @@ async def test_a_silent_sandbox_raises_bridge_timeout(bridge: Bridge):
 async def test_request_without_a_sandbox_raises_bridge_closed(bridge: Bridge):
     with pytest.raises(BridgeClosed):
         await bridge.request("execute", {}, timeout_s=1)
+
+
+def test_used_ids_refuse_every_repeat_and_stay_small_however_they_come() -> None:
+    ids = UsedIds()
+    assert all(ids.claim(n) for n in range(1, 10_001))
+    assert not any(ids.claim(n) for n in (1, 5_000, 10_000))
+    assert ids.sparse == set()  # a run counted up folds into the floor
+    scattered = UsedIds()
+    assert all(scattered.claim(n) for n in range(0, 8 * MAX_SPARSE_IDS, 2))
+    assert len(scattered.sparse) <= MAX_SPARSE_IDS
+    assert not any(scattered.claim(n) for n in range(0, 8 * MAX_SPARSE_IDS, 2))
+    assert scattered.claim(8 * MAX_SPARSE_IDS + 1)  # above everything seen: new
+
+
+@pytest.fixture
+async def counting(tmp_path: Path) -> AsyncIterator[tuple[Bridge, collections.Counter[str], asyncio.Event]]:
+    """A bridge whose handler counts the requests it runs by method; `wait` holds until the event is set."""
+    handled: collections.Counter[str] = collections.Counter()
+    release = asyncio.Event()
+
+    async def on_request(method: str, params: dict[str, Any]) -> Any:
+        handled[method] += 1
+        if method == "wait":
+            await release.wait()
+        return params
+
+    bridge = Bridge(tmp_path / "c.sock", max_frame=MAX_FRAME, on_request=on_request, idle_timeout_s=0.3)
+    await bridge.start()
+    yield bridge, handled, release
+    release.set()
+    await bridge.close()
+
+
+def request(request_id: Any, method: str = "echo") -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": {}}).encode() + b"\n"
+
+
+async def test_a_replayed_request_id_is_refused_whether_its_call_is_in_flight_or_answered(
+    counting: tuple[Bridge, collections.Counter[str], asyncio.Event],
+):
+    bridge, handled, release = counting
+    await connected(bridge)
+    caller = await Peer.connect(bridge)
+    await caller.send(request(1, "wait"))
+    await caller.send(request(1, "wait"))  # in flight
+    replay = await caller.receive()
+    assert replay == {"jsonrpc": "2.0", "id": 1, "error": {"code": -32600, "message": "request id already used"}}
+    release.set()
+    assert (await caller.receive())["result"] == {}
+    await caller.send(request(2))
+    assert (await caller.receive())["result"] == {}
+    for used in (1, 2):  # answered
+        await caller.send(request(used))
+        assert (await caller.receive())["error"]["message"] == "request id already used"
+    assert handled == {"wait": 1, "echo": 1}
+    other = await Peer.connect(bridge)  # ids belong to their connection
+    await other.send(request(1))
+    assert (await other.receive())["result"] == {}
+    assert bridge.protocol_errors == 3
+
+
+@pytest.mark.parametrize("request_id", ["1", 1.0, True, [1], {"n": 1}])
+async def test_a_request_id_that_is_not_an_integer_is_refused_unhandled(
+    counting: tuple[Bridge, collections.Counter[str], asyncio.Event], request_id: Any
+):
+    bridge, handled, _ = counting
+    peer = await connected(bridge)
+    await peer.send(request(request_id))
+    assert (await peer.receive())["error"] == {"code": -32600, "message": "request ids are integers"}
+    assert handled == {}
+
+
+async def supervisor_and_caller(bridge: Bridge) -> tuple[list[str], Peer, Peer]:
+    """The violations the bridge reports from now on, its control connection, and a call connection that called."""
+    seen: list[str] = []
+    bridge.on_violation = seen.append
+    control = await connected(bridge)
+    caller = await Peer.connect(bridge)
+    await caller.send(request(1))
+    assert (await caller.receive())["id"] == 1
+    return seen, control, caller
+
+
+async def test_a_frame_left_unfinished_closes_its_connection_and_is_audited(
+    counting: tuple[Bridge, collections.Counter[str], asyncio.Event],
+):
+    seen, control, caller = await supervisor_and_caller(counting[0])
+    await caller.send(request(2)[:20])
+    assert await caller.closed()
+    await control.send(b'{"jsonrpc":"2.0","id":1,"method"')
+    assert await control.closed()
+    assert seen == ["a frame left unfinished for 0.3 s; connection closed"] * 2
+
+
+async def test_a_call_connection_that_sends_nothing_is_closed_while_the_quiet_supervisor_and_a_caller_stay(
+    counting: tuple[Bridge, collections.Counter[str], asyncio.Event],
+):
+    seen, control, caller = await supervisor_and_caller(counting[0])
+    silent = await Peer.connect(counting[0])
+    assert await silent.closed()
+    assert seen == ["a call connection that sent no frame for 0.3 s; connection closed"]
+    # Opened before the silent one, both outlived its timeout: the supervisor and a caller between calls may idle.
+    await caller.send(request(2))
+    assert (await caller.receive())["id"] == 2
+    await control.send(request(3))
+    assert (await control.receive())["id"] == 3
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5])
+async def test_a_connection_is_closed_at_its_violation_limit_and_others_are_not(tmp_path: Path, limit: int):
+    seen: list[str] = []
+
+    async def on_request(method: str, params: dict[str, Any]) -> Any:
+        return params
+
+    bridge = Bridge(tmp_path / "v.sock", max_frame=MAX_FRAME, on_request=on_request, max_violations=limit)
+    bridge.on_violation = seen.append
+    await bridge.start()
+    try:
+        control = await connected(bridge)
+        caller = await Peer.connect(bridge)
+        await caller.send(b"{not json\n" * (limit - 1))
+        for _ in range(limit - 1):  # just under the limit: answered, still open
+            assert (await caller.receive())["error"]["code"] == -32700
+        await caller.send(request(1))
+        assert (await caller.receive())["id"] == 1
+        await caller.send(b"{not json\n" * 3)
+        assert (await caller.receive())["error"]["code"] == -32700  # the one at the limit is answered, then the end
+        assert await caller.closed()
+        assert seen == [NOT_AN_OBJECT] * limit + [f"a connection closed after {limit} protocol violations"]
+        await control.send(request(2))
+        assert (await control.receive())["id"] == 2
+    finally:
+        await bridge.close()
+
+
+async def test_a_flooding_session_leaves_the_loop_to_a_quiet_one_while_its_frames_are_still_queued(tmp_path: Path):
+    handled: collections.Counter[str] = collections.Counter()
+    noisy_done_when_quiet_answered: list[int] = []
+
+    async def on_request(method: str, params: dict[str, Any]) -> Any:
+        handled[method] += 1
+        if method == "quiet":
+            noisy_done_when_quiet_answered.append(handled["flood"])
+        return None
+
+    frame = 16 * 1024 * 1024  # the production limit: its reader may buffer that much
+    noisy = Bridge(tmp_path / "n.sock", max_frame=frame, on_request=on_request, label="noisy")
+    quiet = Bridge(tmp_path / "q.sock", max_frame=frame, on_request=on_request, label="quiet")
+    await noisy.start()
+    await quiet.start()
+    try:
+        flooder = await connected(noisy)
+        neighbour = await connected(quiet)
+        total = 20_000
+        flooder.writer.write(b"".join(request(n, "flood") for n in range(total)))
+        await neighbour.send(request(1, "quiet"))
+        assert (await neighbour.receive())["id"] == 1
+        (done,) = noisy_done_when_quiet_answered
+        assert done < total // 10, f"the quiet session waited for {done} frames of the flood"
+        with anyio.fail_after(30):
+            while handled["flood"] < total:  # noqa: ASYNC110 - no event for the flood's end; it is still served
+                await asyncio.sleep(0.05)
+    finally:
+        await noisy.close()
+        await quiet.close()
+
+
+async def test_a_session_runs_at_most_max_in_flight_requests_and_its_socket_waits_while_others_are_served(
+    tmp_path: Path, counting: tuple[Bridge, collections.Counter[str], asyncio.Event]
+):
+    bridge, handled, release = counting
+    await connected(bridge)
+    caller = await Peer.connect(bridge)
+    extra = 10
+    caller.writer.write(b"".join(request(n, "wait") for n in range(1, MAX_IN_FLIGHT + extra + 1)))
+    with anyio.fail_after(10):
+        while handled["wait"] < MAX_IN_FLIGHT:  # noqa: ASYNC110 - the handler's count is what is under test
+            await asyncio.sleep(0.01)
+
+    async def on_request(method: str, params: dict[str, Any]) -> Any:
+        return params
+
+    other = Bridge(tmp_path / "o.sock", max_frame=MAX_FRAME, on_request=on_request)
+    await other.start()
+    try:
+        neighbour = await connected(other)
+        await neighbour.send(request(1))
+        assert (await neighbour.receive())["id"] == 1
+    finally:
+        await other.close()
+    assert handled["wait"] == MAX_IN_FLIGHT  # the rest still wait, unread, while another session was served
+    release.set()
+    answered = [await caller.receive() for _ in range(MAX_IN_FLIGHT + extra)]
+    assert sorted(reply["id"] for reply in answered) == list(range(1, MAX_IN_FLIGHT + extra + 1))
+    assert handled["wait"] == MAX_IN_FLIGHT + extra

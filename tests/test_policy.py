@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
+import pytest
 
 from controller.catalog import ToolInfo
 from controller.config import Settings
@@ -77,6 +79,52 @@ def test_tool_result_bytes_beyond_the_quota_are_withheld(api: httpx.Client, new_
     )
     assert reply["error"]["type"] == "QuotaExceeded"
     assert "transcript" not in json.dumps(reply).lower().replace("transcript-01", "")
+
+
+QUOTA_PROBE = """
+from mcpx_runtime.tools import call_tool
+outcomes = []
+for name in ("my-tool", "my_tool", "Class"):
+    try:
+        call_tool("hostile", name, {})
+        outcomes.append("ok")
+    except Exception as exc:
+        outcomes.append(type(exc).__name__)
+outcomes
+"""
+
+
+@pytest.mark.parametrize(
+    ("slack", "outcomes", "received"),
+    [
+        pytest.param(-1, ["QuotaExceeded"] * 3, ["my-tool"], id="the-first-answer-overshoots"),
+        pytest.param(0, ["ok", "QuotaExceeded", "QuotaExceeded"], ["my-tool"], id="the-first-answer-spends-it"),
+        pytest.param(
+            1, ["ok", "QuotaExceeded", "QuotaExceeded"], ["my-tool", "my_tool"], id="one-byte-left-lets-one-more-go"
+        ),
+    ],
+)
+def test_once_the_result_bytes_quota_is_spent_the_next_call_never_reaches_the_server(
+    api: httpx.Client,
+    new_session: SessionFactory,
+    hostile_log: Path,
+    slack: int,
+    outcomes: list[str],
+    received: list[str],
+):
+    calibration = execute(
+        api,
+        new_session(servers=["hostile"]),
+        "from mcpx_runtime.tools import call_tool\ncall_tool('hostile', 'my-tool', {})",
+    )
+    size = calibration["tool_calls"][0]["bytes"]  # my-tool and my_tool answer alike: the same size
+    session = new_session(servers=["hostile"], policy={"max_result_bytes_per_execution": size + slack})
+    before = len(hostile_log.read_text().splitlines())
+    reply = execute(api, session, QUOTA_PROBE)
+    assert reply["result"] == outcomes
+    assert hostile_log.read_text().splitlines()[before:] == [repr(name) for name in received]
+    # The quota is per execution: the next one may call again.
+    assert execute(api, session, QUOTA_PROBE)["result"][0] == outcomes[0]
 
 
 def test_a_session_cannot_loosen_the_server_wide_policy(

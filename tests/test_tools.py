@@ -23,7 +23,7 @@ def test_every_tool_of_every_server_is_listed(api: httpx.Client):
     tools = {server["name"]: len(server["tools"]) for server in listing["servers"]}
     assert tools["time"] == 2
     assert tools["everything"] == tools["everything_http"] >= 12
-    assert tools["hostile"] == 14  # and two whose names break the MCP spec's charset are quarantined:
+    assert tools["hostile"] == 15  # and two whose names break the MCP spec's charset are quarantined:
     assert {(q["server"], q["reason"]) for q in listing["quarantined"]} == {("hostile", "name_charset")}
     assert len(listing["quarantined"]) == 2
     assert listing["unavailable"] == []
@@ -191,7 +191,7 @@ def test_a_server_killed_mid_call_gives_a_tool_error_and_recovers(api: httpx.Cli
 def test_every_hostile_stub_reaches_its_tool_by_wire_name(api: httpx.Client, new_session: SessionFactory):
     session = new_session(servers=["hostile"])
     tools = api.get("/v1/tools/search", params={"q": "", "detail": "full", "limit": 100}).json()
-    special = ("die", "sleep", "lie", "garble", "fail", "echo_env")
+    special = ("die", "sleep", "lie", "garble", "fail", "echo_env", "reflect")
     hostile = [t for t in tools if t["server"] == "hostile" and t["tool"] not in special]
     assert len(hostile) == 8
     for entry in hostile:

@@ -6,12 +6,17 @@ every session runs its executions one after another, all sessions at once, each 
 server's `search_records` from sandbox code. Prints throughput, p50/p95/p99 latency, errors, the controller's RSS
 and the memory of an idle session (the engine's cgroup accounting, `docker stats`), writes JSON, and exits non-zero
 when any execution failed or any sandbox is left once the controller is gone.
+
+Then the noisy neighbour: QUIET_SESSIONS sessions time their tool calls from inside the sandbox, alone, then again
+while one more session floods streamed output and concurrent tool calls; the row gives the quiet calls' p50/p95
+both ways, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -40,6 +45,45 @@ found = search_records(query={query!r}, limit=5)
 [record["id"] for record in found["records"]]
 """
 QUERIES = ("kestrel", "renewal", "freight", "acme", "")
+# A quiet session's execution: tool calls one after another, each timed where the code sees it.
+QUIET_CODE = """\
+import time
+from servers.crm import search_records
+took = []
+for query in {queries!r}:
+    started = time.perf_counter()
+    search_records(query=query, limit=5)
+    took.append((time.perf_counter() - started) * 1000)
+took
+"""
+# The noisy neighbour: streamed output as fast as it prints and calls from 8 coroutines at once, until stopped.
+NOISY_CODE = """\
+import asyncio, time
+from servers.crm import search_records
+deadline = time.monotonic() + {seconds}
+
+async def caller():
+    calls = 0
+    while time.monotonic() < deadline:
+        await search_records(query="acme", limit=5)
+        calls += 1
+    return calls
+
+async def printer():
+    lines = 0
+    while time.monotonic() < deadline:
+        print("noise " * 30)
+        lines += 1
+        if lines % 50 == 0:
+            await asyncio.sleep(0)
+    return lines
+
+counts = await asyncio.gather(printer(), *(caller() for _ in range(8)))
+{{"lines": counts[0], "calls": sum(counts[1:])}}
+"""
+QUIET_SESSIONS = 4
+QUIET_EXECUTIONS = 3
+NOISY_SECONDS = 300  # at most: the flood is stopped (its stream closed) once the quiet sessions are done
 REQUEST_TIMEOUT_S = 300.0
 CREATE_CONCURRENCY = 8  # session starts at once: boots are CPU-bound, more only queue in the engine
 SETTLE_S = 3.0  # after the last boot, before idle memory is read
@@ -64,6 +108,9 @@ class Outcome:
     rss_peak_mib: float = 0.0
     idle_sandbox_mib: list[float] = field(default_factory=list)
     leftover_sandboxes: list[str] = field(default_factory=list)
+    quiet_alone_ms: list[float] = field(default_factory=list)
+    quiet_beside_noisy_ms: list[float] = field(default_factory=list)
+    noisy: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         done = len(self.latencies_ms)
@@ -79,6 +126,11 @@ class Outcome:
             "controller_rss_per_idle_session_mib": (self.rss_idle_mib - self.rss_start_mib) / max(self.sessions, 1),
             "sandbox_mib_per_idle_session": sum(self.idle_sandbox_mib) / max(len(self.idle_sandbox_mib), 1),
             "leftover_sandboxes": len(self.leftover_sandboxes),
+            **{
+                f"quiet_{name}_p{p}_ms": percentile(samples, p) if len(samples) >= 2 else None
+                for name, samples in (("alone", self.quiet_alone_ms), ("beside_noisy", self.quiet_beside_noisy_ms))
+                for p in (50, 95)
+            },
         }
 
 
@@ -163,6 +215,62 @@ async def run_load(url: str, pid: int, label: str, args: argparse.Namespace, out
             response = await api.delete(f"/v1/sessions/{session_id}")
             if response.status_code != 204:
                 outcome.errors.append(f"delete {session_id}: {response.status_code}")
+        await neighbours(api, args.runtime, outcome)
+
+
+async def quiet_calls(api: httpx.AsyncClient, sessions: list[str], outcome: Outcome) -> list[float]:
+    """Every quiet session's executions, all sessions at once; the tool-call times their code measured."""
+
+    async def one(session_id: str) -> list[float]:
+        took: list[float] = []
+        for index in range(QUIET_EXECUTIONS):
+            queries = [QUERIES[(index + n) % len(QUERIES)] for n in range(10)]
+            response = await api.post(
+                f"/v1/sessions/{session_id}/executions", json={"code": QUIET_CODE.format(queries=queries)}
+            )
+            result = response.json() if response.status_code == 200 else {"error": response.text[:200]}
+            if result.get("error") is not None:
+                outcome.errors.append(f"quiet {session_id}: {json.dumps(result['error'])[:200]}")
+                continue
+            took += result["result"]
+        return took
+
+    return [ms for took in await asyncio.gather(*(one(session_id) for session_id in sessions)) for ms in took]
+
+
+async def noisy(api: httpx.AsyncClient, session_id: str, started: asyncio.Event, outcome: Outcome) -> None:
+    """The noisy neighbour's one execution, streamed (so its output crosses the bridge as it is printed)."""
+    body = {"code": NOISY_CODE.format(seconds=NOISY_SECONDS), "timeout_s": NOISY_SECONDS + 60}
+    outcome.noisy = {"events": 0}
+    async with api.stream(
+        "POST", f"/v1/sessions/{session_id}/executions", json=body, headers={"Accept": "text/event-stream"}
+    ) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                outcome.noisy["events"] += 1
+                started.set()
+    started.set()
+
+
+async def neighbours(api: httpx.AsyncClient, runtime: str, outcome: Outcome) -> None:
+    """The quiet sessions' calls alone, then beside the noisy one (which must outlast them)."""
+    gate = asyncio.Semaphore(CREATE_CONCURRENCY)
+    created = await asyncio.gather(*(create(api, runtime, gate, outcome) for _ in range(QUIET_SESSIONS + 1)))
+    if None in created:
+        return
+    quiet, loud = [str(session_id) for session_id in created[:-1]], str(created[-1])
+    outcome.quiet_alone_ms = await quiet_calls(api, quiet, outcome)
+    started = asyncio.Event()
+    flood = asyncio.create_task(noisy(api, loud, started, outcome))
+    await started.wait()
+    outcome.quiet_beside_noisy_ms = await quiet_calls(api, quiet, outcome)
+    if flood.done():
+        outcome.errors.append("the noisy session ended before the quiet ones: raise NOISY_SECONDS")
+    flood.cancel()  # a client that disconnects stops its execution
+    with contextlib.suppress(asyncio.CancelledError):
+        await flood
+    for session_id in created:
+        await api.delete(f"/v1/sessions/{session_id}")
 
 
 def table(outcome: Outcome) -> str:
@@ -186,6 +294,14 @@ def table(outcome: Outcome) -> str:
         ("controller per idle session", f"{summary['controller_rss_per_idle_session_mib']:.2f} MiB"),
         ("sandbox per idle session", sandbox),
         ("sandboxes left afterwards", str(summary["leftover_sandboxes"])),
+        (
+            "quiet tool call p50 / p95",
+            f"alone {summary['quiet_alone_p50_ms'] or 0:.1f} / {summary['quiet_alone_p95_ms'] or 0:.1f} ms, beside a "
+            f"noisy session {summary['quiet_beside_noisy_p50_ms'] or 0:.1f} / "
+            f"{summary['quiet_beside_noisy_p95_ms'] or 0:.1f} ms ({QUIET_SESSIONS} sessions, "
+            f"{len(outcome.quiet_beside_noisy_ms)} calls; the noisy one streamed {outcome.noisy.get('events', 0):,} "
+            "events meanwhile)",
+        ),
     ]
     return "\n".join(f"{name:<30}{value}" for name, value in rows)
 

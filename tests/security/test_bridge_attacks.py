@@ -8,6 +8,7 @@ attacks use it. gVisor refuses the attach, so under runsc the same attacks end a
 
 from __future__ import annotations
 
+import collections
 import json
 import platform
 import textwrap
@@ -22,7 +23,7 @@ from controller.bridge import MAX_CALL_CONNECTIONS
 from controller.config import Settings
 from controller.sessions import session_directory
 from tests.conftest import LiveServer, SessionFactory, execute, wait_until
-from tests.security.conftest import Attack
+from tests.security.conftest import Attack, result_of
 
 raw_peer = pytest.mark.skipif(platform.machine() != "x86_64", reason="the raw peer injects x86-64 system calls")
 
@@ -155,9 +156,17 @@ def raw(frames: str, then: str = "outcome", **options: str) -> str:
 
 def violations(settings: Settings, session: str) -> list[str]:
     """The bridge violations the audit log recorded for one session."""
+    found = []
+    for event in violation_lines(settings, session):
+        found += [str(event["what"])] * int(event["count"])
+    return found
+
+
+def violation_lines(settings: Settings, session: str) -> list[dict[str, Any]]:
+    """The audit lines of one session's bridge violations (each with the `count` of violations it stands for)."""
     path = settings.audit_log or settings.state_dir / "audit.log"
     events = [json.loads(line) for line in path.read_text().splitlines()]
-    return [str(e.get("what")) for e in events if e["event"] == "bridge.violation" and e["session"] == session]
+    return [e for e in events if e["event"] == "bridge.violation" and e["session"] == session]
 
 
 def ok(api: httpx.Client, session: str, code: str, **body: Any) -> Any:
@@ -280,7 +289,7 @@ BAD_REQUEST = "a request with a bad method or params"
         pytest.param(
             'frame(id=999, result={"stdout": "forged"})',
             [],
-            "a response to an unknown request id '999'",
+            "a response to an unknown request id",
             id="response-to-a-forged-id",
         ),
     ],
@@ -436,8 +445,12 @@ def test_a_lone_surrogate_in_raw_tool_arguments_does_not_break_other_sessions_ca
         wait_until(lambda: execute(api, victim, again)["error"] is None, 30, "the hostile server to serve again")
 
 
-def test_a_flood_of_10k_tool_calls_is_refused_call_by_call(attack: Attack):
-    reply = attack(
+def test_a_flood_of_10k_tool_calls_is_refused_call_by_call(
+    api: httpx.Client, new_session: SessionFactory, runtime: str
+):
+    reply = execute(
+        api,
+        new_session(runtime=runtime, servers=["time"]),
         textwrap.dedent(
             """
             from concurrent.futures import Future
@@ -455,7 +468,7 @@ def test_a_flood_of_10k_tool_calls_is_refused_call_by_call(attack: Attack):
             outcomes
             """
         ),
-        servers=["time"],
+        timeout_s=120,  # every refusal is audited: on a busy host 10k of them outlast the default time limit
     )
     assert reply["error"] is None, reply["error"]
     assert reply["result"] == {"ToolNotAllowed": 10_000}
@@ -557,3 +570,139 @@ def test_a_session_cannot_reach_another_sessions_socket_or_servers(
         "refusal": ["ToolNotAllowed", "server 'hostile' is not allowed in this session"],
     }
     assert hostile_calls(hostile_log) == before
+
+
+# Sandbox-side: a connection of its own to the session socket, speaking raw frames.
+OWN_CONNECTION = textwrap.dedent(
+    """
+    import json, socket
+
+    def connect():
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer.settimeout(60)
+        peer.connect("/run/mcpx/bridge.sock")
+        return peer
+
+    def call(request_id, tool, arguments):
+        message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                   "params": {"server": "hostile", "tool": tool, "arguments": arguments}}
+        return json.dumps(message).encode() + b"\\n"
+
+    def replies(peer, count):
+        data = b""
+        while data.count(b"\\n") < count:
+            chunk = peer.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return [json.loads(line) for line in data.splitlines()]
+    """
+)
+
+
+def test_a_replayed_call_id_is_refused_and_the_server_sees_the_call_once(attack: Attack, hostile_log: Path):
+    before = len(hostile_calls(hostile_log))
+    reply = attack(
+        OWN_CONNECTION
+        + textwrap.dedent(
+            """
+            peer = connect()
+            peer.sendall(call(1, "my-tool", {}))
+            first = replies(peer, 1)
+            peer.sendall(call(1, "my-tool", {}))  # answered already
+            answered = replies(peer, 1)
+            peer.sendall(call(2, "sleep", {"s": 1}) + call(2, "sleep", {"s": 1}))  # the second while in flight
+            in_flight = replies(peer, 2)
+            [first, answered, in_flight]
+            """
+        ),
+        servers=["hostile"],
+    )
+    first, answered, in_flight = result_of(reply)
+    used = {"code": -32600, "message": "request id already used"}
+    assert first == [{"jsonrpc": "2.0", "id": 1, "result": {"tool": "my-tool", "arguments": {}}}]
+    assert answered == [{"jsonrpc": "2.0", "id": 1, "error": used}]
+    assert in_flight == [
+        {"jsonrpc": "2.0", "id": 2, "error": used},
+        {"jsonrpc": "2.0", "id": 2, "result": {"tool": "sleep", "arguments": {"s": 1}}},
+    ]
+    assert hostile_calls(hostile_log)[before:] == ["'my-tool'", "'sleep'"]
+
+
+def test_a_silent_call_connection_and_an_unfinished_frame_are_closed_and_audited(
+    api: httpx.Client, new_session: SessionFactory, runtime: str, settings: Settings
+):
+    session = new_session(runtime=runtime)
+    code = OWN_CONNECTION + textwrap.dedent(
+        """
+        silent, unfinished = connect(), connect()
+        unfinished.sendall(call(1, "my-tool", {})[:25])
+        [silent.recv(1).decode(), unfinished.recv(1).decode()]
+        """
+    )
+    assert ok(api, session, code, timeout_s=60) == ["", ""]  # both closed by the controller (EOF)
+    found = violations(settings, session)
+    timeout = settings.bridge_idle_timeout_s
+    assert sorted(found) == [
+        f"a call connection that sent no frame for {timeout:g} s; connection closed",
+        f"a frame left unfinished for {timeout:g} s; connection closed",
+    ]
+    assert ok(api, session, "'still served'") == "still served"
+
+
+def test_a_flood_of_malformed_frames_costs_a_few_audit_lines_that_count_it_all_and_closes_connections(
+    api: httpx.Client, new_session: SessionFactory, runtime: str, settings: Settings, server: LiveServer
+):
+    victim = new_session(runtime="runc", servers=["time"])
+    attacker = new_session(runtime=runtime)
+    total, limit = 20_000, settings.bridge_max_violations
+    code = OWN_CONNECTION + textwrap.dedent(
+        f"""
+        left, per_connection = {total}, []
+        while left:
+            peer, got = connect(), 0
+            try:
+                while left - got:
+                    batch = min(left - got, 50)
+                    peer.sendall(b"{{not json\\n" * batch)
+                    answers = replies(peer, batch)
+                    got += len(answers)
+                    if len(answers) < batch:
+                        break  # closed by the controller
+                else:
+                    peer.recv(1)  # the last answer may also be the last word
+            except OSError:
+                pass
+            peer.close()
+            per_connection.append(got)
+            left -= got
+        per_connection
+        """
+    )
+    victim_reply: dict[str, Any] = {}
+
+    def victim_calls() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            loop = (
+                "from servers.time import get_current_time\n[get_current_time(timezone='UTC') for _ in range(30)][-1]"
+            )
+            victim_reply.update(execute(client, victim, loop))
+
+    thread = threading.Thread(target=victim_calls)
+    thread.start()
+    per_connection = ok(api, attacker, code, timeout_s=240)
+    thread.join(timeout=120)
+    assert victim_reply["error"] is None, victim_reply["error"]
+    api.delete(f"/v1/sessions/{attacker}")  # ends its audit windows: the counts are all written
+    assert sum(per_connection) == total
+    answered = [got for got in per_connection if got]
+    assert set(answered[:-1]) == {limit}  # every connection was closed at the limit, the last maybe short of it
+    lines = violation_lines(settings, attacker)
+    counts = collections.Counter[str]()
+    for line in lines:
+        counts[line["what"]] += line["count"]
+    assert counts[NOT_AN_OBJECT] == total
+    assert counts[f"a connection closed after {limit} protocol violations"] == total // limit
+    # Each kind: one line at once, one per window with the rest; the flood takes a few windows at most.
+    assert len(lines) <= 30, len(lines)
+    assert violation_lines(settings, victim) == []

@@ -3,11 +3,15 @@ sandbox, a tool result, an error, an API response or the audit log."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
+import re
 import secrets
 import textwrap
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import docker
 import httpx
@@ -16,6 +20,7 @@ import pytest
 from controller.config import Settings
 from tests.conftest import SECRET, SessionFactory, execute
 from tests.security.conftest import Attack
+from tests.servers.hostile import ENCODINGS
 
 # Sandbox-side: every place code can read that could carry a leaked value, searched for each needle.
 SWEEP = textwrap.dedent(
@@ -184,3 +189,50 @@ def test_argument_values_of_a_refused_call_never_reach_the_audit_log(
     assert reply["error"]["type"] == "InvalidArguments"
     audit = (settings.audit_log or settings.state_dir / "audit.log").read_text()
     assert marker not in audit
+
+
+def decodings(text: str) -> list[bytes]:
+    """Everything `text` could be hiding the secret as: itself in any case and reversed, percent-decoded, hex runs
+    decoded, and every base64 run (either alphabet) decoded from each of its first four characters."""
+    found = [text.lower().encode(), text[::-1].lower().encode(), unquote(text).lower().encode()]
+    found += [unquote(text[::-1]).lower().encode()]
+    found += [bytes.fromhex(run[: len(run) // 2 * 2]) for run in re.findall(r"[0-9a-fA-F]{2,}", text)]
+    for run in re.findall(r"[A-Za-z0-9+/_-]{4,}", text):
+        run = run.replace("-", "+").replace("_", "/")
+        for start in range(4):
+            tail = run[start:]
+            tail = tail[: len(tail) - (len(tail) % 4 == 1)]  # a lone last character holds no whole byte
+            with contextlib.suppress(binascii.Error):
+                found.append(base64.b64decode(tail + "=" * (-len(tail) % 4), validate=True))
+    return found
+
+
+def test_a_secret_the_server_reflects_encoded_is_redacted_in_every_form(attack: Attack):
+    forms = [(name, 0) for name in ENCODINGS if not name.endswith("embedded")]
+    forms += [(name, shift) for name in ENCODINGS if name.endswith("embedded") for shift in range(3)]
+    reply = attack(
+        f"from servers.hostile import reflect\n[reflect(encoding=name, shift=shift) for name, shift in {forms!r}]",
+        servers=["hostile"],
+    )
+    texts = result(reply)
+    assert len(texts) == len(forms) == 20
+    leaked = {}
+    for (name, shift), text in zip(forms, texts, strict=True):
+        assert text.startswith("before ") and text.endswith(" after"), (name, text)
+        assert "[redacted]" in text, (name, text)
+        if any(SECRET.lower().encode() in decoded for decoded in decodings(text)):
+            leaked[f"{name}@{shift}"] = text
+    assert leaked == {}
+    assert [call["ok"] for call in reply["tool_calls"]] == [True] * len(forms)
+
+
+def test_the_leak_check_finds_every_form_the_server_can_send():
+    # What the sandbox would have read unredacted: each form must be found, or the test above proves nothing.
+    missed = []
+    for name, encode in ENCODINGS.items():
+        for shift in range(3):
+            if not any(
+                SECRET.lower().encode() in decoded for decoded in decodings(f"before {encode(SECRET, shift)} after")
+            ):
+                missed.append((name, shift))
+    assert missed == []
