@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from controller.audit import AuditLog, Repeats
+from tests.conftest import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -52,9 +51,7 @@ async def test_a_window_that_ends_writes_its_count_and_the_next_event_opens_a_ne
     repeats = Repeats(audit, window_s=0.05)
     for _ in range(1 + repeats_in_window):
         repeats.record("s", "bridge.violation", "x", session="s")
-    with anyio.fail_after(10):
-        while repeats._windows:  # noqa: ASYNC110 - the window's end is the timer under test
-            await asyncio.sleep(0.01)
+    await wait_until_async(lambda: not repeats._windows, 10, "the window to end")
     repeats.record("s", "bridge.violation", "x", session="s")
     counts = [e["count"] for e in lines(audit.path)]
     assert counts == ([1, repeats_in_window, 1] if repeats_in_window else [1, 1])

@@ -388,9 +388,7 @@ async def test_a_flooding_session_leaves_the_loop_to_a_quiet_one_while_its_frame
         assert (await neighbour.receive())["id"] == 1
         (done,) = noisy_done_when_quiet_answered
         assert done < total // 10, f"the quiet session waited for {done} frames of the flood"
-        with anyio.fail_after(30):
-            while handled["flood"] < total:  # noqa: ASYNC110 - no event for the flood's end; it is still served
-                await asyncio.sleep(0.05)
+        await wait_until_async(lambda: handled["flood"] >= total, 30, "the whole flood to be served")
     finally:
         await noisy.close()
         await quiet.close()
@@ -404,9 +402,7 @@ async def test_a_session_runs_at_most_max_in_flight_requests_and_its_socket_wait
     caller = await Peer.connect(bridge)
     extra = 10
     caller.writer.write(b"".join(request(n, "wait") for n in range(1, MAX_IN_FLIGHT + extra + 1)))
-    with anyio.fail_after(10):
-        while handled["wait"] < MAX_IN_FLIGHT:  # noqa: ASYNC110 - the handler's count is what is under test
-            await asyncio.sleep(0.01)
+    await wait_until_async(lambda: handled["wait"] >= MAX_IN_FLIGHT, 10, "the session's requests in flight")
 
     async def on_request(method: str, params: dict[str, Any]) -> Any:
         return params
