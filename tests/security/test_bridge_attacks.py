@@ -1,9 +1,10 @@
 """Attacks on the session socket from inside the sandbox: connections of its own, the supervisor's connection
 taken over, hostile frames written straight to the controller, floods, and reaching for another session.
 
-The worker cannot open or duplicate the supervisor's connection. Under runc it can ptrace its parent (same uid, no
-Yama on this host) and make it run system calls on that connection, which gives sandbox code a raw peer: the frame
-attacks use it. gVisor refuses the attach, so under runsc the same attacks end at the first step.
+The worker cannot open or duplicate the supervisor's connection, nor take it over: the raw peer below would ptrace its
+parent and make it run system calls on that connection, and our seccomp profile (like gVisor) refuses the attach, so
+under both runtimes these attacks end at the first step. How the controller answers hostile frames on a connection is
+tested against the bridge itself, from a peer on the host (tests/test_bridge.py).
 """
 
 from __future__ import annotations
@@ -305,18 +306,7 @@ def test_a_hostile_frame_on_the_supervisors_connection_gets_an_error_and_the_con
 ):
     session = new_session(runtime=runtime)
     outcome = ok(api, session, raw(f"{frames} + PROBE"))
-    if runtime == "runsc":
-        assert outcome == {"attach": "EPERM"}
-        return
-    assert outcome["sent"] is True
-    assert outcome["closed"] is False
-    *errors, probe = outcome["replies"]
-    assert errors == answers
-    assert probe["id"] == 424242
-    assert len(probe["result"]) == 1  # a search hit: the controller kept serving this connection
-    if violation is not None:
-        assert violations(settings, session) == [violation]
-    assert ok(api, session, "'still served'") == "still served"
+    assert outcome == {"attach": "EPERM"}
 
 
 @raw_peer
@@ -336,12 +326,7 @@ def test_a_deeply_nested_frame_gets_a_parse_error_and_the_connection_survives(
     reply = execute(api, session, raw('b"[" * 100_000 + b"\\n" + PROBE'))
     assert reply["error"] is None, reply["error"]
     outcome = reply["result"]
-    if runtime == "runsc":
-        assert outcome == {"attach": "EPERM"}
-        return
-    assert outcome["closed"] is False
-    assert outcome["replies"][0] == PARSE_ERROR
-    assert outcome["replies"][1]["id"] == 424242
+    assert outcome == {"attach": "EPERM"}
 
 
 @raw_peer
@@ -350,17 +335,7 @@ def test_a_17_mib_frame_closes_only_this_sessions_connection(
 ):
     session = new_session(runtime=runtime)
     reply = execute(api, session, raw("frame(id=5, method='tools/search', params={'query': 'x' * (17 << 20)})"))
-    if runtime == "runsc":
-        assert reply["result"] == {"attach": "EPERM"}
-        return
-    # The controller answered, hung up, and the session replaced the sandbox it had lost.
-    assert reply["error"]["kind"] == "crash"
-    assert reply["state_reset"] is True
-    saved = ok(api, session, "import json\njson.load(open('/workspace/raw-outcome.json'))")
-    assert saved["replies"] == [{"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "frame too large"}}]
-    assert saved["closed"] is True
-    assert violations(settings, session) == [f"a frame over {settings.max_frame_bytes} bytes; connection closed"]
-    assert ok(api, session, "'served again'") == "served again"
+    assert reply["result"] == {"attach": "EPERM"}
 
 
 @raw_peer
@@ -379,11 +354,7 @@ def test_a_flood_of_10k_raw_requests_is_answered_one_by_one(
         timeout_s="60",
     )
     outcome = ok(api, session, code, timeout_s=90)
-    if runtime == "runsc":
-        assert outcome == {"attach": "EPERM", "answers": 0, "ids": False, "codes": []}
-        return
-    assert outcome == {"attach": None, "answers": 10_000, "ids": True, "codes": [-32601]}
-    assert ok(api, session, "'served'") == "served"
+    assert outcome == {"attach": "EPERM", "answers": 0, "ids": False, "codes": []}
 
 
 @raw_peer
@@ -393,16 +364,7 @@ def test_half_a_frame_then_silence_costs_only_this_session_its_sandbox(
     session = new_session(runtime=runtime)
     half_a_frame = """b'{"jsonrpc":"2.0","id":5,"method":"tools/se'"""
     reply = execute(api, session, raw(half_a_frame, until="never", timeout_s="0.5"), timeout_s=1)
-    if runtime == "runsc":
-        assert reply["result"] == {"attach": "EPERM"}
-        return
-    # The supervisor's answer was glued to the half frame: the controller never got it, gave up on this sandbox
-    # after the execution's deadline and its margin, and replaced it. Others were served throughout.
-    assert reply["error"]["kind"] == "timeout"
-    assert reply["error"]["message"] == "the sandbox stopped responding and was restarted"
-    assert reply["state_reset"] is True
-    assert NOT_AN_OBJECT in violations(settings, session)
-    assert ok(api, session, "'served again'") == "served again"
+    assert reply["result"] == {"attach": "EPERM"}
 
 
 @raw_peer
@@ -435,8 +397,7 @@ def test_a_lone_surrogate_in_raw_tool_arguments_does_not_break_other_sessions_ca
         outcome = ok(api, attacker, raw(f"frame(id=PROBE_ID, method='tools/call', params={arguments})"))
         thread.join(timeout=60)
         assert not thread.is_alive()
-        if runtime == "runsc":
-            assert outcome == {"attach": "EPERM"}
+        assert outcome == {"attach": "EPERM"}
         assert victim_reply["error"] is None, victim_reply["error"]
         assert victim_reply["result"] == {"tool": "sleep", "arguments": {"s": 3}}
     finally:
