@@ -24,7 +24,7 @@ NPM_SERVER_FILES := $(foreach s,$(NPM_SERVERS),$(SERVERS)/npm/node_modules/@mode
 TSC := $(SERVERS)/npm/node_modules/typescript/lib/typescript.js
 TYPESCRIPT ?= 1
 
-.PHONY: help setup venv host image test-servers run test test-security bench bench-tokens bench-load bench-search lint k8s-validate deploy clean
+.PHONY: help setup venv host image test-servers run test test-pure test-security bench bench-tokens bench-load bench-search lint k8s-validate deploy clean
 
 # The make variables a `## comment` may name, shown with their values.
 HELP_VARIABLES := HOST PORT IMAGE OVERLAY RUNTIME
@@ -78,6 +78,9 @@ run: setup ## Serve the API on $(HOST):$(PORT)
 
 test: setup test-servers ## Run the test suite against the real engine, image and MCP servers
 	MCPX_TEST_IMAGE=$(IMAGE) $(BIN)/pytest $(PYTEST_ARGS)
+
+test-pure: venv ## Run the pure logic alone, with no Docker engine reachable (holds the docker marker to its word)
+	DOCKER_HOST=unix:///nonexistent $(BIN)/pytest -m "not docker" $(PYTEST_ARGS)
 
 test-security: setup test-servers ## Run only the adversarial suite (tests/security), under runsc and runc
 	MCPX_TEST_IMAGE=$(IMAGE) $(BIN)/pytest tests/security $(PYTEST_ARGS)
