@@ -289,8 +289,11 @@ def test_a_silent_stream_sends_keepalive_comments_until_its_result(alpha: httpx.
 
 
 @pytest.mark.docker
-def test_a_create_read_during_a_sigterm_drain_is_refused_while_the_running_execution_finishes(tmp_path: Path):
+def test_a_create_read_during_a_sigterm_drain_is_refused_while_the_running_execution_finishes(
+    tmp_path_factory: pytest.TempPathFactory,
+):
     """A real drain: `mcpx serve` gets SIGTERM while an execution runs and a create request is half read."""
+    tmp_path = tmp_path_factory.mktemp("drain")  # short: a session socket's path must fit 108 bytes
     servers = tmp_path / "servers.json"
     servers.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
     port = free_port()

@@ -43,6 +43,7 @@ OPERATIONS = [
     "GET /v1/tools",
     "GET /v1/tools/search",
     "GET /v1/tools/{server}/{tool}",
+    "POST /v1/tools/{server}/{tool}/accept",
 ]
 # Only a body or a query can break the schema: path parameters and headers are strings of any content.
 WITH_BODY_OR_QUERY = [

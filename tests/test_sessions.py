@@ -172,7 +172,8 @@ def test_a_killed_controller_readopts_live_sessions_and_reaps_everything_else(
     second = serve(tmp_path, port, controller_id, warm_pool_size="1")
     try:
         assert execute(api, kept, "state, open('/workspace/note.txt').read()")["result"] == ["kept", "in the workspace"]
-        assert {"path": "note.txt", "size": 16} in api.get(f"/v1/sessions/{kept}/files").json()["files"]
+        listed = api.get(f"/v1/sessions/{kept}/files").json()["files"]
+        assert {"path": "note.txt", "url_path": "note.txt", "size": 16} in listed
         call = "from servers.crm import get_record\nget_record(record_id='ACC-0001')['record']['id']"
         reply = execute(api, kept, call)
         assert reply["result"] == "ACC-0001", reply

@@ -292,7 +292,7 @@ def test_the_typescript_stubs_of_the_real_servers_parse_only_declare_and_type_ch
     ]
     checked = check_typescript(tree)
     assert checked["problems"] == []
-    assert checked["files"] == 1 + 3 + 2 + 13 + 14  # the root, a module per server, a file per served tool
+    assert checked["files"] == 1 + 3 + 2 + 13 + 15  # the root, a module per server, a file per served tool
 
 
 def test_importing_every_hostile_typescript_stub_runs_nothing(
@@ -309,7 +309,7 @@ def test_importing_every_hostile_typescript_stub_runs_nothing(
     )
     loaded, listed, pwned = ok(api, session, code)
     assert listed == ["hostile"] and pwned is False
-    assert len(loaded) == 15  # 14 tools (2 of 16 are quarantined for their names) and index.ts
+    assert len(loaded) == 16  # 15 tools (2 of 17 are quarantined for their names) and index.ts
     assert all(len(names) >= 1 for names in loaded.values())
     assert (hostile_log.read_text() if hostile_log.exists() else "") == before
 

@@ -129,6 +129,10 @@ function runCell(source) {
   });
 }
 
+function flushed(output) {
+  return new Promise((resolve) => (output.writableLength === 0 ? resolve() : output.write("", () => resolve())));
+}
+
 let queue = Promise.resolve();
 const inbox = new LineReader(MAX_FRAME);
 const commands = new net.Socket({ fd: CMD_FD, readable: true, writable: false });
@@ -144,6 +148,9 @@ commands.on("data", (chunk) => {
     queue = queue.then(async () => {
       runtime.trace(typeof message.traceparent === "string" ? message.traceparent : "");
       const reply = await runCell(String(message.code ?? ""));
+      // A write to a full pipe is queued and finished later: report only once the cell's output has left, or the
+      // supervisor would close the execution while some of it is still on its way.
+      await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
       send({ type: "done", id: message.id, ...reply });
     });
   }

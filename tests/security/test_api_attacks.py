@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -396,7 +395,10 @@ class HeldBoots(DockerBackend):
         return await super().start(spec)
 
 
-def test_a_create_over_the_limit_is_refused_before_any_create_in_flight_completes(tmp_path: Path):
+def test_a_create_over_the_limit_is_refused_before_any_create_in_flight_completes(
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    tmp_path = tmp_path_factory.mktemp("held")  # short: a session socket's path must fit 108 bytes
     servers = tmp_path / "servers.json"
     servers.write_text(json.dumps({"mcpServers": {"time": {"command": str(TIME_SERVER)}}}))
     settings = make_settings(
